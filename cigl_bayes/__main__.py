@@ -1,0 +1,3 @@
+from cigl_bayes.cli import main
+
+main()

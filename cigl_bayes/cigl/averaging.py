@@ -1,0 +1,190 @@
+"""Weight-and-mask averaging (WMA), BatchNorm recalibration, and prediction averaging.
+
+WMA folds snapshots ``theta`` (masked weights ``W * Z * M`` scaled as in the forward pass,
+plus every other parameter, BN affine included) into an equal-weight running mean
+``theta_avg <- theta_avg + (theta - theta_avg) / (n + 1)``. Since the support is frozen
+before averaging starts, the average is exactly as sparse as the support.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class WeightAverager:
+    """Equal-weight running mean of parameter snapshots, kept in a copy of ``module``.
+
+    ``averaged`` is a plain ``nn.Module`` (same architecture as ``module``) holding the mean;
+    its BN running statistics must be recomputed (``recalibrate_batchnorm``) after folds.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.averaged = copy.deepcopy(module)
+        self.averaged.requires_grad_(False)
+        self.count = 0
+
+    @torch.no_grad()
+    def fold(self, snapshot: Mapping[str, torch.Tensor]) -> None:
+        """Add one snapshot (name -> tensor, as ``named_parameters`` of the module)."""
+        params = dict(self.averaged.named_parameters())
+        missing = set(params) - set(snapshot)
+        if missing:
+            raise KeyError(f"snapshot lacks parameters {sorted(missing)[:3]}...")
+        targets = [params[name] for name in params]
+        values = [snapshot[name].detach() for name in params]
+        if self.count == 0:
+            torch._foreach_copy_(targets, values)
+        else:
+            torch._foreach_lerp_(targets, values, 1.0 / (self.count + 1))
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "averaged": self.averaged.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count = state["count"]
+        self.averaged.load_state_dict(state["averaged"])
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> bool:
+    """Recompute BN running statistics as a cumulative average over ``batches``.
+
+    Resets every BN layer, sets ``momentum=None`` (exact average over the pass), runs the
+    model in train mode without gradients, and restores momenta and the training flag.
+    Returns False (and does nothing) if the model has no BN layer.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
+
+
+class PredictionAverager:
+    """The "w/o WMA" ablation: average the *predictive probabilities* of the snapshots.
+
+    ``add`` evaluates ``predict(x)`` (probabilities) for every registered input set and keeps
+    an equal-weight running mean per set.
+    """
+
+    def __init__(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        self.inputs = dict(inputs)
+        self.mean: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, predict: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for name, x in self.inputs.items():
+            probs = predict(x)
+            if self.count == 0:
+                self.mean[name] = probs.clone()
+            else:
+                self.mean[name].lerp_(probs, 1.0 / (self.count + 1))
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count = state["count"]
+        self.mean = dict(state["mean"])
+
+
+def batches_of(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+    """Consecutive slices of ``x`` (no copy, no shuffle)."""
+    return (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
+
+
+class SnapshotAveraging:
+    """End-of-epoch hook: from ``start_epoch`` on, fold a snapshot of ``model`` each epoch.
+
+    Args:
+        model: a ``SparseNet`` (snapshots are its masked parameters) or a plain module.
+        start_epoch: first (0-based) epoch whose end is folded (spec: ``BS = 0.8 * epochs``).
+        bn_inputs: training inputs for the BN recalibration pass after each fold.
+        mode: ``"weights"`` (WMA, CigL) or ``"predictions"`` (the "w/o WMA" ablation).
+        sample_mask: snapshot ``W * Z * M`` with a fresh random mask (the paper's WMA) rather
+            than its expectation ``W * M * E[Z]``; irrelevant without a random mask.
+        eval_inputs: named input sets whose predictions are averaged (``mode="predictions"``).
+    """
+
+    MODES = ("weights", "predictions")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        start_epoch: int,
+        bn_inputs: torch.Tensor,
+        batch_size: int = 256,
+        mode: str = "weights",
+        sample_mask: bool = True,
+        eval_inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown averaging mode {mode!r}; choose one of {self.MODES}")
+        self.model = model
+        self.module = getattr(model, "module", model) if hasattr(model, "masked_parameters") else model
+        self.start_epoch = start_epoch
+        self.bn_inputs = bn_inputs
+        self.batch_size = batch_size
+        self.mode = mode
+        self.sample_mask = sample_mask
+        self.weights = WeightAverager(self.module) if mode == "weights" else None
+        self.predictions = PredictionAverager(eval_inputs or {}) if mode == "predictions" else None
+
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Current parameters, maskable weights as used in the forward pass."""
+        if hasattr(self.model, "masked_parameters"):
+            return {k: v.detach() for k, v in self.model.masked_parameters(sample=self.sample_mask).items()}
+        return {k: v.detach() for k, v in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        if epoch < self.start_epoch:
+            return
+        snapshot = self.snapshot()
+        if self.weights is not None:
+            self.weights.fold(snapshot)
+            recalibrate_batchnorm(self.weights.averaged, batches_of(self.bn_inputs, self.batch_size))
+        else:
+            was_training = self.module.training
+            self.module.eval()
+
+            def predict(x: torch.Tensor) -> torch.Tensor:
+                chunks = [torch.func.functional_call(self.module, snapshot, (b,)).softmax(-1) for b in batches_of(x, self.batch_size)]
+                return torch.cat(chunks)
+
+            self.predictions.add(predict)
+            self.module.train(was_training)
+
+    @property
+    def count(self) -> int:
+        """Number of snapshots folded so far."""
+        return (self.weights or self.predictions).count
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights.state_dict() if self.weights else None, "predictions": self.predictions.state_dict() if self.predictions else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.weights is not None:
+            self.weights.load_state_dict(state["weights"])
+        if self.predictions is not None:
+            self.predictions.load_state_dict(state["predictions"])

@@ -1,0 +1,176 @@
+"""Run configuration as data: one dataclass per concern, validated on construction.
+
+The CLI builds these; library users may build them directly. ``recipe(dataset)`` gives the
+defaults per dataset: the papers' CIFAR recipe, and a short one for the small embedded data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .sparse.density import DISTRIBUTIONS, check_density
+from .train.optim import LR_SCHEDULES
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data and how it is batched."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    batch_size: int = 64
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (see ``cigl_bayes.models.MODEL_NAMES``) and unit dropout (MC-dropout baseline)."""
+
+    name: str = "cnn"
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Global density, its layer distribution, and the drop/grow schedule (dT, alpha_0, T_end)."""
+
+    density: float = 0.1
+    distribution: str = "erk"
+    update_every: int = 100
+    drop_fraction: float = 0.3
+    end_fraction: float = 0.75
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        _require(self.distribution in DISTRIBUTIONS, f"unknown distribution {self.distribution!r}; choose one of {DISTRIBUTIONS}")
+        _require(self.update_every >= 1, f"update_every (dT) must be >= 1, got {self.update_every}")
+        _require(0.0 <= self.drop_fraction <= 1.0, f"drop_fraction must be in [0, 1], got {self.drop_fraction}")
+        _require(0.0 <= self.end_fraction <= 1.0, f"end_fraction must be in [0, 1], got {self.end_fraction}")
+
+
+@dataclass(frozen=True)
+class RandomMaskConfig:
+    """CigL's Bernoulli mask: drop rate (paper 0.1; released code 0.01), rescaling, update masking."""
+
+    drop_rate: float = 0.1
+    rescale: bool = True
+    mask_momentum: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.drop_rate < 1.0, f"drop rate must be in [0, 1), got {self.drop_rate}")
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """Weight(-and-mask) averaging from ``start_fraction * epochs`` on; snapshot mask sampled or expected."""
+
+    start_fraction: float = 0.8
+    sample_mask: bool = True
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.start_fraction < 1.0, f"averaging start fraction must be in [0, 1), got {self.start_fraction}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD (Nesterov) with warm-up and piecewise-constant (or cosine) decay, per iteration."""
+
+    epochs: int = 60
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 5
+    schedule: str = "step"
+    decay_every: int = 20_000
+    decay_factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _require(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be a positive number, got {self.lr}")
+        _require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.schedule in LR_SCHEDULES, f"unknown lr schedule {self.schedule!r}; choose one of {LR_SCHEDULES}")
+        _require(self.decay_every >= 1, f"decay_every must be >= 1 iteration, got {self.decay_every}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """MC predictive samples (random masks / dropout) and batch size for evaluation."""
+
+    mc_samples: int = 20
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _require(self.mc_samples >= 1, f"mc_samples must be >= 1, got {self.mc_samples}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    method: str = "cigl"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    random_mask: RandomMaskConfig = field(default_factory=RandomMaskConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        sections = {
+            "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "random_mask": RandomMaskConfig,
+            "averaging": AveragingConfig, "optim": OptimConfig, "eval": EvalConfig,
+        }
+        return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
+
+    def with_(self, **changes: Any) -> "RunConfig":
+        """A copy with top-level fields or ``section__field`` entries replaced (``optim__lr=0.05``)."""
+        top = {k: v for k, v in changes.items() if "__" not in k}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            if "__" in key:
+                section, name = key.split("__", 1)
+                nested.setdefault(section, {})[name] = value
+        sections = {s: replace(getattr(self, s), **v) for s, v in nested.items()}
+        return replace(self, **top, **sections)
+
+
+def recipe(dataset: str) -> RunConfig:
+    """Default configuration for ``dataset``.
+
+    CIFAR-10/100: the CigL paper's recipe (ResNet-50, 250 epochs, batch 128, lr 0.1, 5-epoch
+    warm-up, x0.5 (CIFAR-100: x0.6) every 20k iterations, wd 1e-4, dT = 100, averaging from
+    epoch 200). Small data (digits, npz): a short run with the same structure, scaled down.
+    """
+    if dataset in ("cifar10", "cifar100"):
+        return RunConfig(
+            data=DataConfig(dataset=dataset, batch_size=128),
+            model=ModelConfig(name="resnet50"),
+            sparsity=SparsityConfig(update_every=100),
+            optim=OptimConfig(epochs=250, lr=0.1, weight_decay=1e-4, warmup_epochs=5, schedule="step",
+                              decay_every=20_000, decay_factor=0.6 if dataset == "cifar100" else 0.5),
+        )
+    return RunConfig(
+        data=DataConfig(dataset=dataset, batch_size=64),
+        model=ModelConfig(name="cnn"),
+        sparsity=SparsityConfig(update_every=25),
+        optim=OptimConfig(epochs=60, lr=0.05, weight_decay=5e-4, warmup_epochs=2, schedule="cosine"),
+    )

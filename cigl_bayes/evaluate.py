@@ -1,0 +1,69 @@
+"""One evaluator for any trained model: logits, MC predictive, measured density, metrics."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+
+from .cigl.averaging import batches_of
+from .metrics import calibration_report
+from .sparse.masks import maskable_weight_names
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Eval-mode logits of ``model`` on ``x`` (no random mask, no dropout)."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(b) for b in batches_of(x, batch_size)])
+    model.train(was_training)
+    return logits
+
+
+@torch.no_grad()
+def mc_predict_probs(model: nn.Module, x: torch.Tensor, samples: int, batch_size: int = 1024) -> torch.Tensor:
+    """MC predictive ``(1/T) sum_t softmax(f(x; W_t))``: fresh random masks and active dropout per sample.
+
+    BatchNorm stays in eval mode (running statistics); only ``nn.Dropout`` modules and
+    ``SparseNet`` random masks are stochastic.
+    """
+    if samples < 1:
+        raise ValueError(f"MC samples must be >= 1, got {samples}")
+    was_training = model.training
+    model.eval()
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    with ExitStack() as stack:
+        if hasattr(model, "sampling_masks"):
+            stack.enter_context(model.sampling_masks(True))
+        for m in dropouts:
+            m.train()
+        mean = torch.zeros(0)
+        for t in range(samples):
+            probs = torch.cat([model(b).softmax(-1) for b in batches_of(x, batch_size)])
+            mean = probs if t == 0 else mean.lerp_(probs, 1.0 / (t + 1))
+        for m in dropouts:
+            m.eval()
+    model.train(was_training)
+    return mean
+
+
+@torch.no_grad()
+def measured_density(model: nn.Module) -> float:
+    """Fraction of non-zero entries over all conv/linear weights as used in eval-mode forward."""
+    if hasattr(model, "masked_weights"):
+        was_sampling, model.sampling = model.sampling, False
+        model.eval()
+        weights = model.masked_weights(sample=False)
+        model.sampling = was_sampling
+    else:
+        params = dict(model.named_parameters())
+        weights = [params[n] for n in maskable_weight_names(model)]
+    nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
+    return nonzero / sum(w.numel() for w in weights)
+
+
+def evaluate_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, ECE (10/15 bins, adaptive), MCE, NLL, Brier, classwise ECE."""
+    return calibration_report(probs.float().cpu(), labels.cpu())

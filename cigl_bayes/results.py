@@ -1,0 +1,69 @@
+"""Results are data: per-run records -> CSV/JSON files and a mean ± std table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+SUMMARY_METRICS = ("accuracy", "ece", "nll", "brier")
+
+
+def flat_record(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The scalar columns of a run record, in ``keys`` order."""
+    return {k: record.get(k) for k in keys}
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: Path, stem: str = "results") -> tuple[Path, Path]:
+    """Write ``rows`` as ``stem.csv`` and ``stem.json`` (each atomically) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    os.replace(tmp, json_path)
+    return csv_path, json_path
+
+
+def summarise(rows: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"), metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
+    """Mean and sample std of ``metrics`` per group (std 0 for a single run)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+    summary = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = dict(zip(group_by, key))
+        entry["runs"] = len(members)
+        for m in metrics:
+            values = [float(r[m]) for r in members]
+            entry[f"{m}_mean"] = statistics.fmean(values)
+            entry[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def summary_table(summary: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"), metrics: Sequence[str] = SUMMARY_METRICS, title: str | None = None) -> Table:
+    """A rich table of ``summarise`` output: mean ± std per metric."""
+    table = Table(title=title)
+    for k in group_by:
+        table.add_column(k)
+    table.add_column("runs", justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for entry in summary:
+        cells = [str(entry[k]) for k in group_by] + [str(entry["runs"])]
+        cells += [f"{entry[f'{m}_mean']:.4f} ± {entry[f'{m}_std']:.4f}" for m in metrics]
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,149 @@
+"""``SparseNet``: a model whose conv/linear weights are masked in the forward pass.
+
+The forward pass computes ``W_eff = W * E`` for every maskable weight, where the effective
+mask ``E`` is the support ``M`` (as floats) or, when a random mask is attached and the net is
+training (or ``sampling`` is on), ``M * Z * scale`` with a fresh ``Z`` each call. Stored weights
+are never overwritten by the random mask; gradients reach exactly the entries where ``E != 0``.
+The model is called through ``torch.func.functional_call`` with the masked weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .masks import SupportMask, maskable_weight_names
+
+
+class MaskSampler(Protocol):
+    """What ``SparseNet`` needs of a random mask (see ``cigl_bayes.cigl.RandomMask``)."""
+
+    expected_scale: float
+
+    def sample(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``n`` values of ``Z * scale`` for the active entries."""
+
+
+def _support_loaded(net: "SparseNet", incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: the support may have changed, invalidate derived caches."""
+    net.topology_changed()
+
+
+class SparseNet(nn.Module):
+    """Wrap ``model`` so that its conv/linear weights are sparse with exact global ``density``.
+
+    Args:
+        model: any ``nn.Module``; every ``nn.Linear`` / ``nn.Conv*`` weight becomes maskable.
+        density: fraction of maskable weights kept, in (0, 1].
+        distribution: ``"erk"`` or ``"uniform"`` layer densities.
+        random_mask: optional ``MaskSampler`` (CigL's Bernoulli mask ``Z``).
+        seed: seeds the initial random support.
+
+    Inactive stored weights are zeroed at construction, so with gradients masked in the
+    forward pass they stay exactly zero under SGD (weight decay and momentum included).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        density: float,
+        distribution: str = "erk",
+        random_mask: MaskSampler | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.module = model
+        self.weight_names = maskable_weight_names(model)
+        params = dict(model.named_parameters())
+        shapes = [params[n].shape for n in self.weight_names]
+        generator = torch.Generator().manual_seed(seed)
+        self.support = SupportMask(shapes, density, distribution, generator).to(params[self.weight_names[0]].device)
+        self.random_mask = random_mask
+        self.sampling = False
+        self.capture_dense_grad = False
+        self._captured: list[torch.Tensor] | None = None
+        self._support_float: torch.Tensor | None = None
+        self.last_sampled_mask: torch.Tensor | None = None
+        # a loaded state dict may carry another support: drop the cached float mask
+        self.register_load_state_dict_post_hook(_support_loaded)
+        with torch.no_grad():
+            for weight, mask in zip(self.weights(), self.support.layers()):
+                weight.mul_(mask)
+
+    # ----------------------------------------------------------------- weights and masks
+    def weights(self) -> list[nn.Parameter]:
+        """The stored maskable weights, in support order."""
+        params = dict(self.module.named_parameters())
+        return [params[n] for n in self.weight_names]
+
+    def topology_changed(self) -> None:
+        """Invalidate caches derived from the support (call after editing ``support``)."""
+        self._support_float = None
+
+    def effective_mask(self, sample: bool | None = None) -> torch.Tensor:
+        """Flat float mask ``E``: ``M * Z * scale`` if sampling, else ``M * E[Z * scale]``."""
+        weight = self.weights()[0]
+        if sample is None:
+            sample = self.random_mask is not None and (self.training or self.sampling)
+        if sample and self.random_mask is not None:
+            active = self.support.active_indices()
+            values = self.random_mask.sample(active.numel(), weight.device, weight.dtype)
+            mask = torch.zeros(self.support.total, device=weight.device, dtype=weight.dtype).index_put_((active,), values)
+            self.last_sampled_mask = mask
+            return mask
+        if self._support_float is None or self._support_float.device != weight.device:
+            self._support_float = self.support.flat.to(weight.dtype)
+        scale = 1.0 if self.random_mask is None else self.random_mask.expected_scale
+        return self._support_float if scale == 1.0 else self._support_float * scale
+
+    def masked_weights(self, sample: bool | None = None) -> list[torch.Tensor]:
+        """``W * E`` for every maskable weight (differentiable w.r.t. the stored ``W``)."""
+        return list(torch._foreach_mul(self.weights(), self.support.layer_views(self.effective_mask(sample))))
+
+    def masked_parameters(self, sample: bool | None = None) -> dict[str, torch.Tensor]:
+        """All parameters of the wrapped model with the maskable ones replaced by ``W * E``."""
+        params = {name: p for name, p in self.module.named_parameters()}
+        params.update(zip(self.weight_names, self.masked_weights(sample)))
+        return params
+
+    def forward(self, *args, **kwargs):
+        masked = self.masked_weights()
+        if self.capture_dense_grad and torch.is_grad_enabled():
+            for w in masked:
+                w.retain_grad()
+            self._captured = masked
+        return functional_call(self.module, dict(zip(self.weight_names, masked)), args, kwargs, tie_weights=False)
+
+    def dense_gradients(self) -> list[torch.Tensor]:
+        """Gradients w.r.t. the *masked* weights ``W_eff`` of the last captured forward.
+
+        These are dense (non-zero off the support) and drive RigL's growth criterion.
+        """
+        if self._captured is None or any(w.grad is None for w in self._captured):
+            raise RuntimeError(
+                "no dense gradient was captured: set net.capture_dense_grad = True before the forward "
+                "pass of the step whose gradient drives the update, then call backward()"
+            )
+        grads = [w.grad for w in self._captured]
+        self._captured = None
+        return grads
+
+    @contextmanager
+    def sampling_masks(self, enabled: bool = True) -> Iterator[None]:
+        """Within this block, eval-mode forwards draw fresh random masks (MC predictive)."""
+        previous, self.sampling = self.sampling, enabled
+        try:
+            yield
+        finally:
+            self.sampling = previous
+
+    def sparse_state(self) -> dict[str, float]:
+        """Measured density of the stored weights and of the support (for reports and checks)."""
+        with torch.no_grad():
+            nonzero = sum(int(torch.count_nonzero(w)) for w in self.weights())
+        return {"support_density": self.support.density, "weight_density": nonzero / self.support.total}

@@ -1,0 +1,54 @@
+"""Optimiser with weight decay on conv/linear weights only, and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..sparse.masks import MASKABLE_TYPES
+
+LR_SCHEDULES = ("step", "cosine")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: conv/linear weights (with ``weight_decay``), everything else (none)."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, MASKABLE_TYPES)}
+    with_decay, without = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (with_decay if id(p) in decayed else without).append(p)
+    return [{"params": with_decay, "weight_decay": weight_decay}, {"params": without, "weight_decay": 0.0}]
+
+
+def build_sgd(model: nn.Module, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """SGD (Nesterov by default) with decay on conv/linear weights only."""
+    if lr <= 0 or not math.isfinite(lr):
+        raise ValueError(f"learning rate must be a positive number, got {lr}")
+    return torch.optim.SGD(parameter_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "step", decay_every: int = 20_000, decay_factor: float = 0.5) -> float:
+    """Multiplier of the base learning rate at optimisation step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps``, then either piecewise-constant decay
+    ``decay_factor ** floor(step / decay_every)`` or cosine decay to zero over the rest.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "step":
+        return decay_factor ** (step // decay_every)
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {LR_SCHEDULES}")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, schedule: str = "step", decay_every: int = 20_000, decay_factor: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepping ``lr_factor`` once per optimisation step."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {LR_SCHEDULES}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule, decay_every, decay_factor)
+    )

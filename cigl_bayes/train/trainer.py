@@ -1,0 +1,206 @@
+"""One training loop for every method: forward, backward, topology update, step, epoch hooks.
+
+What differs between methods (mask updates, random mask, averaging, loss) arrives as parts;
+the loop knows no method names. The loss is accumulated on the device and read once per
+epoch (no per-step host sync); a non-finite epoch loss stops training with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class EpochHook(Protocol):
+    """Something that acts at the end of each epoch and has resumable state (e.g. averaging)."""
+
+    def on_epoch_end(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StepGate(Protocol):
+    """Decides after ``backward`` whether the optimiser steps (e.g. ``TopologyUpdater``)."""
+
+    def __call__(self) -> bool: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class History:
+    """Per-epoch mean training loss and learning rate."""
+
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` for ``epochs`` epochs over ``loader``.
+
+    Args:
+        model: a plain module or a ``SparseNet``.
+        optimizer: its optimiser; ``lr_scheduler`` is stepped once per optimisation step.
+        loader: yields ``(x, y)`` batches on the model's device; must have ``state_dict``.
+        gate: optional ``StepGate`` (topology updater) called after each backward.
+        hooks: ``EpochHook`` s run at the end of every epoch (averaging, ...).
+        step_wrapper: optional callable wrapping ``optimizer.step`` (e.g. freezing dropped entries).
+        checkpoint_path: where the resumable state is written (atomically) every
+            ``checkpoint_every`` epochs and at the end; ``None`` disables checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        epochs: int,
+        *,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        gate: StepGate | None = None,
+        hooks: Sequence[EpochHook] = (),
+        step_wrapper: Callable[[Callable[[], Any]], Any] | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        progress: bool = True,
+        description: str = "training",
+    ) -> None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.model = model
+        self.optimizer = optimizer
+        self.loader = loader
+        self.epochs = epochs
+        self.loss_fn = loss_fn
+        self.lr_scheduler = lr_scheduler
+        self.gate = gate
+        self.hooks = list(hooks)
+        self.step_wrapper = step_wrapper
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.description = description
+        self.epoch = 0
+        self.history = History()
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimisation step; returns the detached loss (no host sync)."""
+        self.model.train()
+        loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.gate is None or self.gate():
+            if self.step_wrapper is None:
+                self.optimizer.step()
+            else:
+                self.step_wrapper(self.optimizer.step)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return loss.detach()
+
+    def fit(self, until_epoch: int | None = None) -> History:
+        """Train from the current epoch up to ``until_epoch`` (default: all epochs)."""
+        stop = self.epochs if until_epoch is None else min(until_epoch, self.epochs)
+        steps_per_epoch = len(self.loader)
+        with _progress_bar(self.progress) as bar:
+            task = bar.add_task(self.description, total=self.epochs * steps_per_epoch, completed=self.epoch * steps_per_epoch, info="")
+            while self.epoch < stop:
+                total = None
+                for x, y in self.loader:
+                    loss = self.train_step(x, y)
+                    total = loss if total is None else total + loss
+                    bar.advance(task)
+                mean_loss = float(total) / steps_per_epoch if total is not None else float("nan")
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLossError(
+                        f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the learning rate "
+                        "(--lr), check the inputs for NaN/inf, or reduce --drop-rate"
+                    )
+                self.history.loss.append(mean_loss)
+                self.history.lr.append(self.optimizer.param_groups[0]["lr"])
+                for hook in self.hooks:
+                    hook.on_epoch_end(self.epoch)
+                self.epoch += 1
+                bar.update(task, info=f"epoch {self.epoch}/{self.epochs} loss {mean_loss:.4f}")
+                if self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == stop):
+                    self.save(self.checkpoint_path)
+        return self.history
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a bit-identical resume needs (model, masks, optimiser, RNGs, hooks, position)."""
+        random_mask = getattr(self.model, "random_mask", None)
+        state = {
+            "epoch": self.epoch,
+            "history": {"loss": self.history.loss, "lr": self.history.lr},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "gate": self.gate.state_dict() if self.gate is not None else None,
+            "hooks": [hook.state_dict() for hook in self.hooks],
+            "loader": self.loader.state_dict(),
+            "random_mask": random_mask.state_dict() if random_mask is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        self.history = History(list(state["history"]["loss"]), list(state["history"]["lr"]))
+        self.model.load_state_dict(state["model"])
+        if hasattr(self.model, "topology_changed"):
+            self.model.topology_changed()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.gate is not None and state["gate"] is not None:
+            self.gate.load_state_dict(state["gate"])
+        for hook, hook_state in zip(self.hooks, state["hooks"]):
+            hook.load_state_dict(hook_state)
+        self.loader.load_state_dict(state["loader"])
+        random_mask = getattr(self.model, "random_mask", None)
+        if random_mask is not None and state["random_mask"] is not None:
+            random_mask.load_state_dict(state["random_mask"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Atomically write the resumable state (plus ``extra``, e.g. the run config)."""
+        return save_checkpoint({**self.state_dict(), **(extra or {})}, path)
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Restore a state written by ``save``; training continues where it stopped."""
+        self.load_state_dict(load_checkpoint(path, map_location=next(self.model.parameters()).device))
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+

@@ -1,0 +1,53 @@
+"""Reliability diagram output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cigl_bayes.metrics import plot_reliability_diagram
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_writes_png_into_new_nested_folder(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(500, 5, generator=g) * 3, dim=1)
+    probs[:20] = torch.eye(5)[:4].repeat(5, 1)  # some confidences exactly 1.0
+    labels = torch.randint(0, 5, (500,), generator=g)
+    target = tmp_path / "a" / "b" / "c" / "reliability.png"
+    out = plot_reliability_diagram(probs, labels, target, n_bins=10, title="test")
+    assert isinstance(out, Path) and out == target
+    data = out.read_bytes()
+    assert len(data) > 1000
+    assert data[:8] == PNG_MAGIC
+    assert b"IEND" in data[-16:]
+
+
+def test_accepts_str_path_and_single_example(tmp_path: Path) -> None:
+    out = plot_reliability_diagram(torch.tensor([[0.3, 0.7]]), torch.tensor([0]), str(tmp_path / "x" / "one.png"))
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_pyplot_global_state(tmp_path: Path) -> None:
+    import sys
+
+    before = set(sys.modules["matplotlib.pyplot"].get_fignums()) if "matplotlib.pyplot" in sys.modules else set()
+    plot_reliability_diagram(torch.full((4, 2), 0.5), torch.tensor([0, 1, 0, 1]), tmp_path / "p.png")
+    after = set(sys.modules["matplotlib.pyplot"].get_fignums()) if "matplotlib.pyplot" in sys.modules else set()
+    assert after == before
+
+
+def test_bad_input_raises(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="length mismatch"):
+        plot_reliability_diagram(torch.full((4, 2), 0.5), torch.tensor([0, 1]), tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inputs(tmp_path: Path) -> None:
+    probs = torch.softmax(torch.randn(100, 3), dim=1).cuda()
+    out = plot_reliability_diagram(probs, torch.randint(0, 3, (100,)).cuda(), tmp_path / "gpu.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
