@@ -136,7 +136,6 @@ def compare(
         run_dir = out / f"{config.method}-d{config.sparsity.density:g}-s{config.seed}"
         console.print(f"[{i}/{len(configs)}] {config.method} density={config.sparsity.density:g} seed={config.seed}")
         record = _guarded(run, config, run_dir, progress=progress)
-        record["density"] = config.sparsity.density if METHODS[config.method].sparse else 1.0
         rows.append(flat_record(record, columns))
     csv_path, json_path = write_results(rows, out)
     Console().print(summary_table(summarise(rows), title=f"{dataset}: mean ± std over seeds {seeds}"))

@@ -53,10 +53,11 @@ def mc_predict_probs(model: nn.Module, x: torch.Tensor, samples: int, batch_size
 def measured_density(model: nn.Module) -> float:
     """Fraction of non-zero entries over all conv/linear weights as used in eval-mode forward."""
     if hasattr(model, "masked_weights"):
-        was_sampling, model.sampling = model.sampling, False
+        was_sampling, was_training, model.sampling = model.sampling, model.training, False
         model.eval()
         weights = model.masked_weights(sample=False)
         model.sampling = was_sampling
+        model.train(was_training)
     else:
         params = dict(model.named_parameters())
         weights = [params[n] for n in maskable_weight_names(model)]

@@ -123,7 +123,8 @@ def assemble(config: RunConfig, data: DataSplits, checkpoint_path: str | os.Path
                                       eval_inputs={"val": data.x_val, "test": data.x_test})
     trainer = Trainer(model, optimizer, loader, optim.epochs, lr_scheduler=lr_scheduler, gate=gate,
                       hooks=[averaging] if averaging else [], step_wrapper=step_wrapper,
-                      checkpoint_path=checkpoint_path, progress=progress, description=config.method)
+                      checkpoint_path=checkpoint_path, checkpoint_extra={"config": config.to_dict()},
+                      progress=progress, description=config.method)
     return Assembled(method, model, trainer, averaging)
 
 
@@ -139,7 +140,7 @@ def final_predictions(parts: Assembled, config: RunConfig, data: DataSplits) -> 
     if parts.averaging is not None:
         model = parts.averaging.weights.averaged
         notes["snapshots"] = parts.averaging.count
-    notes["density"] = measured_density(model)
+    notes["measured_density"] = measured_density(model)
     if method.mc_dropout:
         notes["mc_samples"] = config.eval.mc_samples
         return {k: mc_predict_probs(model, x, config.eval.mc_samples, batch) for k, x in inputs.items()}, notes
@@ -170,8 +171,13 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
     checkpoint = out / "checkpoint.pt" if out is not None else None
     parts = assemble(config, data, checkpoint, progress)
     if resume and checkpoint is not None and checkpoint.is_file():
+        _check_resumable(checkpoint, config)
         parts.trainer.resume(checkpoint)
     history = parts.trainer.fit()
+    if checkpoint is not None:
+        # Saved before evaluation: MC sampling draws from the global RNG, and a resumed run must
+        # start from the end-of-training RNG state (else --resume changes MC-dropout metrics).
+        parts.trainer.save(checkpoint, extra={"final_model": final_model(parts).state_dict()})
     probs, notes = final_predictions(parts, config, data)
     record: dict[str, Any] = {
         "method": config.method,
@@ -188,11 +194,35 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
     if out is not None:
         from .metrics.plots import plot_reliability_diagram
 
-        parts.trainer.save(checkpoint, extra={"config": config.to_dict(), "final_model": final_model(parts).state_dict()})
         plot_reliability_diagram(probs["test"].cpu(), data.y_test.cpu(), out / "reliability.png",
                                  title=f"{config.method} on {config.data.dataset} (test)")
         _write_json_atomic(record, out / "metrics.json")
     return record
+
+
+def _check_resumable(checkpoint: Path, config: RunConfig) -> None:
+    """Refuse to resume from a checkpoint written by a different configuration."""
+    from .train import load_checkpoint
+
+    saved = load_checkpoint(checkpoint).get("config")
+    if saved is None:
+        raise ValueError(f"{checkpoint} holds no run configuration; use another --out or drop --resume")
+    saved, current = _flatten(saved), _flatten(config.to_dict())
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differing:
+        raise ValueError(f"{checkpoint} was written by a different configuration (differs in {', '.join(differing)}); "
+                         "use another --out or drop --resume")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:

@@ -88,7 +88,7 @@ class SupportMask(nn.Module):
         """Replace layer ``layer``'s support by exactly ``local_indices`` (count must be unchanged)."""
         chunk = self.flat[self.offsets[layer] : self.offsets[layer] + self.numels[layer]]
         chunk.zero_()
-        chunk[local_indices] = True
+        chunk.index_fill_(0, local_indices, True)
         self._active = None
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: D401 - torch hook

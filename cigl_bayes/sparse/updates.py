@@ -94,7 +94,7 @@ class TopologyUpdater:
             active = support.layer_active_indices(layer)
             kept = active[torch.topk(flat_w[active].abs(), active_count - k, sorted=False).indices]
             scores = self._scores(layer, weight, grads)
-            scores[kept] = -math.inf
+            scores.index_fill_(0, kept, -math.inf)
             grown = torch.topk(scores, k, sorted=False).indices
             before = mask.clone()
             support.set_layer(layer, torch.cat([kept, grown]))

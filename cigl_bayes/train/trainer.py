@@ -62,6 +62,7 @@ class Trainer:
         step_wrapper: optional callable wrapping ``optimizer.step`` (e.g. freezing dropped entries).
         checkpoint_path: where the resumable state is written (atomically) every
             ``checkpoint_every`` epochs and at the end; ``None`` disables checkpoints.
+        checkpoint_extra: stored in every checkpoint beside the state (e.g. the run config).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Trainer:
         step_wrapper: Callable[[Callable[[], Any]], Any] | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
+        checkpoint_extra: dict[str, Any] | None = None,
         progress: bool = True,
         description: str = "training",
     ) -> None:
@@ -94,6 +96,7 @@ class Trainer:
         self.step_wrapper = step_wrapper
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_extra = dict(checkpoint_extra or {})
         self.progress = progress
         self.description = description
         self.epoch = 0
@@ -166,8 +169,6 @@ class Trainer:
         self.epoch = state["epoch"]
         self.history = History(list(state["history"]["loss"]), list(state["history"]["lr"]))
         self.model.load_state_dict(state["model"])
-        if hasattr(self.model, "topology_changed"):
-            self.model.topology_changed()
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -185,7 +186,7 @@ class Trainer:
 
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Atomically write the resumable state (plus ``extra``, e.g. the run config)."""
-        return save_checkpoint({**self.state_dict(), **(extra or {})}, path)
+        return save_checkpoint({**self.state_dict(), **self.checkpoint_extra, **(extra or {})}, path)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Restore a state written by ``save``; training continues where it stopped."""

@@ -1,0 +1,292 @@
+"""Weight-and-mask averaging, BN recalibration and prediction averaging (spec: "WMA")."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cigl_bayes.cigl import PredictionAverager, RandomMask, SnapshotAveraging, WeightAverager, batches_of, recalibrate_batchnorm
+from cigl_bayes.sparse import SparseNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def mlp_bn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def conv_bn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.BatchNorm1d(5, momentum=0.3)
+    )
+
+
+# --------------------------------------------------------------------------- WeightAverager
+def test_weight_averager_is_arithmetic_mean():
+    module = mlp_bn()
+    avg = WeightAverager(module)
+    names = [n for n, _ in module.named_parameters()]
+    g = torch.Generator().manual_seed(0)
+    snaps = []
+    for i in range(9):
+        snap = {n: 3 * torch.randn(p.shape, generator=g) + i for n, p in module.named_parameters()}
+        snaps.append(snap)
+        avg.fold(snap)
+        assert avg.count == i + 1
+        params = dict(avg.averaged.named_parameters())
+        for n in names:
+            mean = torch.stack([s[n] for s in snaps]).mean(0)
+            torch.testing.assert_close(params[n], mean, rtol=0, atol=1e-6)
+    # the source module is untouched, the copy does not require grad
+    assert all(not p.requires_grad for p in avg.averaged.parameters())
+    assert not torch.equal(dict(module.named_parameters())[names[0]], dict(avg.averaged.named_parameters())[names[0]])
+
+
+def test_weight_averager_missing_key_and_state_dict():
+    avg = WeightAverager(mlp_bn())
+    with pytest.raises(KeyError):
+        avg.fold({"0.weight": torch.zeros(12, 6)})
+    snap = {n: torch.full_like(p, 2.0) for n, p in avg.averaged.named_parameters()}
+    avg.fold(snap)
+    other = WeightAverager(mlp_bn(1))
+    other.load_state_dict(copy.deepcopy(avg.state_dict()))
+    assert other.count == 1
+    more = {n: torch.full_like(p, 5.0) for n, p in avg.averaged.named_parameters()}
+    avg.fold(more)
+    other.fold(more)
+    for a, b in zip(avg.averaged.parameters(), other.averaged.parameters()):
+        assert torch.equal(a, b) and torch.allclose(a, torch.full_like(a, 3.5))
+
+
+# --------------------------------------------------------------------------- BN recalibration
+def _record_bn_inputs(model):
+    records, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            records[name] = []
+            handles.append(m.register_forward_pre_hook(lambda mod, inp, name=name: records[name].append(inp[0].detach().clone())))
+    return records, handles
+
+
+def _channel_stats(x):
+    """Per-channel mean and unbiased variance over every dim but 1."""
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dims), x.var(dims, unbiased=True)
+
+
+@pytest.mark.parametrize("train_before", [False, True])
+def test_recalibrate_single_batch_exact_stats(train_before):
+    """One batch: running_mean / running_var == exact mean / unbiased variance of the BN inputs."""
+    model = conv_bn()
+    model.train(train_before)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.fill_(7.0)  # stale statistics must be discarded
+            m.running_var.fill_(9.0)
+    momenta = [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    records, handles = _record_bn_inputs(model)
+    x = torch.randn(64, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    assert recalibrate_batchnorm(model, [x]) is True
+    for h in handles:
+        h.remove()
+    bns = dict((n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    for name, bn in bns.items():
+        (inp,) = records[name]
+        mean, var = _channel_stats(inp)
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-6)
+        assert int(bn.num_batches_tracked) == 1
+    assert [m.momentum for m in bns.values()] == momenta == [0.1, 0.3]
+    assert model.training == train_before
+
+
+def test_recalibrate_many_batches_cumulative_average():
+    """Several equal batches: running_mean == exact mean over the pass; running_var == the equal-weight
+    average of the per-batch unbiased variances (torch's momentum=None cumulative average, as SWA's
+    update_bn). NB: this is not the whole-pass unbiased variance (it omits the between-batch part)."""
+    model = mlp_bn()
+    records, handles = _record_bn_inputs(model)
+    x = torch.randn(60, 6, generator=torch.Generator().manual_seed(1))
+    assert recalibrate_batchnorm(model, batches_of(x, 15))
+    for h in handles:
+        h.remove()
+    bn = model[1]
+    inputs = records["1"]
+    assert len(inputs) == 4 and int(bn.num_batches_tracked) == 4
+    whole = torch.cat(inputs)
+    torch.testing.assert_close(bn.running_mean, whole.mean(0), rtol=1e-5, atol=1e-6)
+    per_batch_var = torch.stack([b.var(0, unbiased=True) for b in inputs]).mean(0)
+    torch.testing.assert_close(bn.running_var, per_batch_var, rtol=1e-5, atol=1e-6)
+    assert bn.momentum == 0.1 and model.training
+
+
+def test_recalibrate_without_bn_returns_false():
+    model = nn.Sequential(nn.Linear(3, 2))
+    assert recalibrate_batchnorm(model, [torch.randn(4, 3)]) is False
+
+
+def test_batches_of():
+    x = torch.arange(10)
+    assert [b.tolist() for b in batches_of(x, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+# --------------------------------------------------------------------------- SnapshotAveraging
+def _train_epoch(net, opt, data):
+    net.train()
+    for x, y in data:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def _data(seed=0, n=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+
+
+def _setup(random_mask=None):
+    net = SparseNet(mlp_bn(), density=0.4, random_mask=random_mask, seed=2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    bn_x = torch.randn(32, 6, generator=torch.Generator().manual_seed(9))
+    return net, opt, bn_x
+
+
+def _check_sparse(sa, net):
+    params = dict(sa.weights.averaged.named_parameters())
+    for name, m, c in zip(net.weight_names, net.support.layers(), net.support.counts):
+        assert torch.all(params[name][~m] == 0)
+        assert int(torch.count_nonzero(params[name])) <= c
+
+
+def test_snapshot_averaging_weights_mode():
+    """Folds only from start_epoch on; average == mean of masked snapshots; exactly as sparse as M;
+    BN statistics recomputed on bn_inputs; the live model is left untouched."""
+    net, opt, bn_x = _setup()
+    sa = SnapshotAveraging(net, start_epoch=3, bn_inputs=bn_x, batch_size=64)
+    data = _data()
+    snaps = []
+    for epoch in range(6):
+        _train_epoch(net, opt, data)
+        if epoch >= 3:
+            snaps.append({k: v.detach().clone() for k, v in net.masked_parameters(sample=False).items()})
+        live_state = copy.deepcopy(net.state_dict())
+        sa.on_epoch_end(epoch)
+        assert sa.count == max(0, epoch - 2)
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, live_state[k])
+    avg = sa.weights.averaged
+    params = dict(avg.named_parameters())
+    for name in params:
+        torch.testing.assert_close(params[name], torch.stack([s[name] for s in snaps]).mean(0), rtol=0, atol=1e-6)
+    _check_sparse(sa, net)
+    for name, c in zip(net.weight_names, net.support.counts):
+        assert int(torch.count_nonzero(params[name])) == c  # no random mask: exactly the support
+    # BN statistics of the averaged model: exact mean / unbiased var of its BN inputs on bn_x (one batch)
+    bn_in = bn_x @ params["0.weight"].T + params["0.bias"]
+    torch.testing.assert_close(avg[1].running_mean, bn_in.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(avg[1].running_var, bn_in.var(0, unbiased=True), rtol=1e-5, atol=1e-6)
+    assert avg[1].momentum == 0.1
+
+
+def test_snapshot_averaging_samples_random_mask():
+    """sample_mask=True: snapshots are W * M * Z * scale with a fresh Z (the paper's WMA)."""
+    net, opt, bn_x = _setup(RandomMask(drop_rate=0.3, seed=1))
+    sa = SnapshotAveraging(net, start_epoch=0, bn_inputs=bn_x, sample_mask=True)
+    data = _data(1)
+    expected, masks = [], []
+    for epoch in range(4):
+        _train_epoch(net, opt, data)
+        sa.on_epoch_end(epoch)
+        e = net.last_sampled_mask.clone()
+        masks.append(e)
+        snap = {n: p.detach().clone() for n, p in net.module.named_parameters()}
+        for name, w, view in zip(net.weight_names, net.weights(), net.support.layer_views(e)):
+            snap[name] = (w * view).detach()
+        expected.append(snap)
+    assert not torch.equal(masks[0], masks[1])
+    params = dict(sa.weights.averaged.named_parameters())
+    for name in params:
+        torch.testing.assert_close(params[name], torch.stack([s[name] for s in expected]).mean(0), rtol=0, atol=1e-6)
+    _check_sparse(sa, net)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_snapshot_averaging_expected_mask(rescale):
+    """sample_mask=False: snapshots use E[Z*scale] (M, or keep*M without rescaling)."""
+    net, opt, bn_x = _setup(RandomMask(drop_rate=0.25, rescale=rescale, seed=1))
+    sa = SnapshotAveraging(net, start_epoch=0, bn_inputs=bn_x, sample_mask=False)
+    _train_epoch(net, opt, _data(2))
+    sa.on_epoch_end(0)
+    params = dict(sa.weights.averaged.named_parameters())
+    factor = 1.0 if rescale else 0.75
+    for name, w, m in zip(net.weight_names, net.weights(), net.support.layers()):
+        torch.testing.assert_close(params[name], w.detach() * m * factor, rtol=0, atol=0)
+
+
+def test_snapshot_averaging_predictions_mode():
+    """mode="predictions": the running mean of the snapshot probabilities (eval mode, W*M)."""
+    net, opt, bn_x = _setup()
+    xt = torch.randn(20, 6, generator=torch.Generator().manual_seed(5))
+    sa = SnapshotAveraging(net, start_epoch=2, bn_inputs=bn_x, mode="predictions", eval_inputs={"test": xt}, batch_size=8)
+    assert sa.weights is None
+    data = _data(3)
+    probs = []
+    for epoch in range(5):
+        _train_epoch(net, opt, data)
+        if epoch >= 2:
+            ref = copy.deepcopy(net.module).eval()
+            params = dict(ref.named_parameters())
+            with torch.no_grad():
+                for name, m in zip(net.weight_names, net.support.layers()):
+                    params[name].mul_(m)
+                probs.append(ref(xt).softmax(-1))
+        sa.on_epoch_end(epoch)
+        assert net.module.training  # mode restored
+    assert sa.count == 3
+    mean = sa.predictions.mean["test"]
+    torch.testing.assert_close(mean, torch.stack(probs).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean.sum(-1), torch.ones(20), rtol=0, atol=1e-6)
+    assert not torch.allclose(probs[0], probs[-1])  # the snapshots really differ
+
+
+def test_prediction_averager_mean():
+    pa = PredictionAverager({"a": torch.zeros(2)})
+    outs = [torch.tensor([[0.2, 0.8]]), torch.tensor([[0.6, 0.4]]), torch.tensor([[0.1, 0.9]])]
+    for o in outs:
+        pa.add(lambda x, o=o: o)
+    torch.testing.assert_close(pa.mean["a"], torch.tensor([[0.3, 0.7]]))
+    assert pa.count == 3
+
+
+def test_snapshot_averaging_state_dict_and_invalid_mode():
+    net, opt, bn_x = _setup()
+    sa = SnapshotAveraging(net, start_epoch=0, bn_inputs=bn_x)
+    sa.on_epoch_end(0)
+    sa2 = SnapshotAveraging(net, start_epoch=0, bn_inputs=bn_x)
+    sa2.load_state_dict(copy.deepcopy(sa.state_dict()))
+    assert sa2.count == 1
+    for a, b in zip(sa.weights.averaged.state_dict().values(), sa2.weights.averaged.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        SnapshotAveraging(net, start_epoch=0, bn_inputs=bn_x, mode="ensemble")
+
+
+def test_snapshot_averaging_plain_module():
+    """A plain nn.Module (no SparseNet): snapshots are its parameters."""
+    model = mlp_bn()
+    sa = SnapshotAveraging(model, start_epoch=1, bn_inputs=torch.randn(10, 6))
+    sa.on_epoch_end(0)
+    assert sa.count == 0
+    sa.on_epoch_end(1)
+    for a, b in zip(model.parameters(), sa.weights.averaged.parameters()):
+        assert torch.equal(a, b)

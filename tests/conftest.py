@@ -1,0 +1,84 @@
+"""Shared fixtures: the digits splits (loaded once) and tiny run configurations.
+
+Everything here is sized for a shared 2-core CPU: an MLP on digits with batch 128 trains
+an epoch (8 steps) in a few hundredths of a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import torch
+
+from cigl_bayes.config import RunConfig, recipe
+from cigl_bayes.data import DataSplits, load_dataset
+
+
+def tiny(method: str = "rigl", **changes: Any) -> RunConfig:
+    """The digits recipe shrunk to a quick MLP run (override anything with ``section__field``)."""
+    base = dict(
+        method=method,
+        model__name="mlp",
+        optim__epochs=2,
+        data__batch_size=128,
+        sparsity__update_every=2,
+        eval__mc_samples=2,
+    )
+    base.update(changes)
+    return recipe("digits").with_(**base)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for the module (restored after).
+
+    On a shared, oversubscribed CPU two spinning torch threads make these tiny models up to
+    100x slower; results are bit-identical either way. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> DataSplits:
+    """The embedded digits splits (1078 train / 180 val / 539 test, 10 classes, 1x8x8)."""
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., RunConfig]:
+    return tiny
+
+
+def write_npz(path: Path, n_train: int = 240, n_test: int = 60, features: int = 12, classes: int = 3, seed: int = 0, **overrides: np.ndarray) -> Path:
+    """A small learnable flat dataset (class-dependent means) saved as an ``npz:`` file."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(classes, features))
+    y_train = np.arange(n_train) % classes
+    y_test = np.arange(n_test) % classes
+    arrays = {
+        "x_train": centres[y_train] + rng.normal(size=(n_train, features)),
+        "y_train": y_train,
+        "x_test": centres[y_test] + rng.normal(size=(n_test, features)),
+        "y_test": y_test,
+    }
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def npz_file(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "small.npz")
+
+
+@pytest.fixture
+def make_npz() -> Callable[..., Path]:
+    return write_npz
