@@ -138,7 +138,10 @@ def compare(
         record = _guarded(run, config, run_dir, progress=progress)
         rows.append(flat_record(record, columns))
     csv_path, json_path = write_results(rows, out)
-    Console().print(summary_table(summarise(rows), title=f"{dataset}: mean ± std over seeds {seeds}"))
+    stdout = Console()
+    if not stdout.is_terminal:  # files and pipes: wide enough that mean ± std cells do not wrap
+        stdout = Console(width=140)
+    stdout.print(summary_table(summarise(rows), title=f"{dataset}: mean ± std over seeds {seeds}"))
     typer.echo(f"wrote {csv_path} and {json_path}")
 
 
