@@ -31,6 +31,7 @@ DistributionOpt = typer.Option(None, "--distribution", help="erk or uniform laye
 UpdateEveryOpt = typer.Option(None, "--update-every", help="dT: iterations between topology updates")
 DropRateOpt = typer.Option(None, "--drop-rate", help="CigL random-mask drop rate (paper 0.1; released code 0.01)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
+KlOpt = typer.Option(None, "--kl", help="cigl-svi KL term: mc (Monte Carlo through Trace_ELBO) or gal (closed form)")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
 
 
@@ -39,7 +40,7 @@ def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any)
     names = {
         "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
         "lr": "optim__lr", "density": "sparsity__density", "distribution": "sparsity__distribution",
-        "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate",
+        "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate", "kl": "bayes__kl",
     }
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
     return recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
@@ -60,7 +61,7 @@ def _guarded(fn, *args, **kwargs):
 
 @app.command()
 def train(
-    method: str = typer.Option("cigl", "--method", help="dense, static, set, rigl, rigl-mcdrop, rigl-ts, cigl, cigl-no-rm, cigl-pred-avg"),
+    method: str = typer.Option("cigl", "--method", help="dense, static, set, rigl, rigl-mcdrop, rigl-ts, cigl, cigl-no-rm, cigl-pred-avg, cigl-svi"),
     model: Optional[str] = ModelOpt,
     dataset: str = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
@@ -71,6 +72,7 @@ def train(
     lr: Optional[float] = LrOpt,
     update_every: Optional[int] = UpdateEveryOpt,
     drop_rate: Optional[float] = DropRateOpt,
+    kl: Optional[str] = KlOpt,
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/train"), "--out", help="output folder"),
@@ -82,7 +84,7 @@ def train(
 
     config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
-                      update_every=update_every, drop_rate=drop_rate)
+                      update_every=update_every, drop_rate=drop_rate, kl=kl)
     _guarded(validate, config)
     record = _guarded(run, config, out, progress=progress, resume=resume)
     keys = ("accuracy", "ece", "nll", "brier")
@@ -110,19 +112,20 @@ def compare(
     lr: Optional[float] = LrOpt,
     update_every: Optional[int] = UpdateEveryOpt,
     drop_rate: Optional[float] = DropRateOpt,
+    kl: Optional[str] = KlOpt,
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the grid methods x densities x seeds; print mean ± std; write OUT/results.csv and results.json."""
     from .methods import METHODS, run, validate
-    from .results import flat_record, summarise, summary_table, write_results
+    from .results import SUMMARY_METRICS, flat_record, summarise, summary_table, write_results
 
     method_list, density_list, seed_list = _split(methods, str), _split(densities, float), _split(seeds, int)
     if not (method_list and density_list and seed_list):
         _fail("--methods, --densities and --seeds each need at least one value")
     common = dict(model=model, data_dir=data_dir, distribution=distribution, epochs=epochs, batch_size=batch_size,
-                  lr=lr, update_every=update_every, drop_rate=drop_rate)
+                  lr=lr, update_every=update_every, drop_rate=drop_rate, kl=kl)
     configs = []
     for name in method_list:
         for density in ([1.0] if name in METHODS and not METHODS[name].sparse else density_list):
@@ -136,12 +139,16 @@ def compare(
         run_dir = out / f"{config.method}-d{config.sparsity.density:g}-s{config.seed}"
         console.print(f"[{i}/{len(configs)}] {config.method} density={config.sparsity.density:g} seed={config.seed}")
         record = _guarded(run, config, run_dir, progress=progress)
-        rows.append(flat_record(record, columns))
+        row = flat_record(record, columns)
+        if "mc_predictive" in record:  # MC predictive over fresh masks (random-mask methods)
+            row.update({f"mc_{k}": record["mc_predictive"][k] for k in ("accuracy", "ece", "nll", "brier")})
+        rows.append(row)
     csv_path, json_path = write_results(rows, out)
     stdout = Console()
     if not stdout.is_terminal:  # files and pipes: wide enough that mean ± std cells do not wrap
         stdout = Console(width=140)
-    stdout.print(summary_table(summarise(rows), title=f"{dataset}: mean ± std over seeds {seeds}"))
+    metrics = SUMMARY_METRICS + (("mc_accuracy", "mc_ece", "mc_nll") if any("mc_ece" in r for r in rows) else ())
+    stdout.print(summary_table(summarise(rows, metrics=metrics), metrics=metrics, title=f"{dataset}: mean ± std over seeds {seeds}"))
     typer.echo(f"wrote {csv_path} and {json_path}")
 
 

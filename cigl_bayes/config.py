@@ -105,6 +105,20 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class BayesConfig:
+    """SVI path: KL estimator, prior precision l^2 (None: matched to the weight decay), slab scale."""
+
+    kl: str = "mc"
+    prior_precision: float | None = None
+    slab_scale: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _require(self.kl in ("mc", "gal"), f"unknown KL mode {self.kl!r}; choose mc or gal")
+        _require(self.prior_precision is None or self.prior_precision > 0, f"prior precision must be > 0, got {self.prior_precision}")
+        _require(self.slab_scale > 0, f"slab scale must be > 0, got {self.slab_scale}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """MC predictive samples (random masks / dropout) and batch size for evaluation."""
 
@@ -128,6 +142,7 @@ class RunConfig:
     random_mask: RandomMaskConfig = field(default_factory=RandomMaskConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    bayes: BayesConfig = field(default_factory=BayesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +152,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         sections = {
             "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "random_mask": RandomMaskConfig,
-            "averaging": AveragingConfig, "optim": OptimConfig, "eval": EvalConfig,
+            "averaging": AveragingConfig, "optim": OptimConfig, "bayes": BayesConfig, "eval": EvalConfig,
         }
         return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
 

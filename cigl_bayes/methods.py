@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .bayes import HierarchicalGuide, NegativeELBO, SparseBayesModel, mc_predictive_probs, prior_precision_for_weight_decay
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
 from .data import DATASET_NAMES, DeviceLoader, DataSplits, load_dataset, random_crop_flip
@@ -38,6 +39,7 @@ class Method:
     averaging: str | None = None      # None | "weights" (WMA) | "predictions"
     mc_dropout: bool = False          # unit dropout in training, MC average at test time
     temperature: bool = False         # temperature scaling fitted on the validation split
+    svi: bool = False                 # train -ELBO/N of the Pyro model + hierarchical guide
 
 
 METHODS: dict[str, Method] = {
@@ -50,6 +52,8 @@ METHODS: dict[str, Method] = {
     "cigl": Method("CigL: RigL + random mask Z + weight-and-mask averaging", random_mask=True, averaging="weights"),
     "cigl-no-rm": Method("CigL ablation 'w/o RM': RigL + weight averaging, no random mask", averaging="weights"),
     "cigl-pred-avg": Method("CigL ablation 'w/o WMA': average snapshot predictions", random_mask=True, averaging="predictions"),
+    "cigl-svi": Method("CigL as a Pyro model/guide trained by SVI (-ELBO), with WMA and MC predictive",
+                       random_mask=True, averaging="weights", svi=True),
 }
 
 
@@ -103,7 +107,18 @@ def assemble(config: RunConfig, data: DataSplits, checkpoint_path: str | os.Path
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.data.batch_size} exceeds the {data.x_train.shape[0]} training examples; lower --batch-size")
     total_steps = optim.epochs * steps_per_epoch
-    optimizer = build_sgd(model, optim.lr, optim.momentum, optim.nesterov, optim.weight_decay)
+    objective = None
+    extras: dict[str, Any] = {}
+    if method.svi:  # the KL term replaces weight decay on the maskable weights
+        keep, rescale = 1.0 - config.random_mask.drop_rate, config.random_mask.rescale
+        scale = 1.0 / keep if rescale else 1.0
+        num_data = data.x_train.shape[0]
+        precision = config.bayes.prior_precision or prior_precision_for_weight_decay(optim.weight_decay, keep, num_data, scale=scale)
+        bayes_model = SparseBayesModel(model, num_data, precision, keep, rescale, kl=config.bayes.kl, slab_scale=config.bayes.slab_scale)
+        guide = HierarchicalGuide(model, keep, rescale, config.bayes.slab_scale, kl=config.bayes.kl)
+        objective = NegativeELBO(bayes_model, guide, num_data)
+        extras = {"bayes_model": bayes_model, "guide": guide, "prior_precision": precision}
+    optimizer = build_sgd(model, optim.lr, optim.momentum, optim.nesterov, 0.0 if method.svi else optim.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, total_steps, optim.warmup_epochs * steps_per_epoch, optim.schedule,
                                       optim.decay_every, optim.decay_factor)
     gate = None
@@ -121,11 +136,11 @@ def assemble(config: RunConfig, data: DataSplits, checkpoint_path: str | os.Path
         averaging = SnapshotAveraging(model, start, data.x_train, batch_size=max(256, config.data.batch_size),
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
                                       eval_inputs={"val": data.x_val, "test": data.x_test})
-    trainer = Trainer(model, optimizer, loader, optim.epochs, lr_scheduler=lr_scheduler, gate=gate,
+    trainer = Trainer(model, optimizer, loader, optim.epochs, objective=objective, lr_scheduler=lr_scheduler, gate=gate,
                       hooks=[averaging] if averaging else [], step_wrapper=step_wrapper,
                       checkpoint_path=checkpoint_path, checkpoint_extra={"config": config.to_dict()},
                       progress=progress, description=config.method)
-    return Assembled(method, model, trainer, averaging)
+    return Assembled(method, model, trainer, averaging, extras)
 
 
 def final_predictions(parts: Assembled, config: RunConfig, data: DataSplits) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -141,6 +156,13 @@ def final_predictions(parts: Assembled, config: RunConfig, data: DataSplits) -> 
         model = parts.averaging.weights.averaged
         notes["snapshots"] = parts.averaging.count
     notes["measured_density"] = measured_density(model)
+    if method.svi:  # MC predictive through pyro.infer.Predictive over the guide
+        notes["prior_precision"] = parts.extras["prior_precision"]
+        mc = mc_predictive_probs(parts.extras["bayes_model"], parts.extras["guide"], data.x_test, config.eval.mc_samples, batch)
+    elif method.random_mask:  # MC predictive over fresh random masks of the final network
+        mc = mc_predict_probs(parts.model, data.x_test, config.eval.mc_samples, batch)
+    if method.random_mask:
+        notes["mc_predictive"] = {"mc_samples": config.eval.mc_samples, **evaluate_probs(mc, data.y_test)}
     if method.mc_dropout:
         notes["mc_samples"] = config.eval.mc_samples
         return {k: mc_predict_probs(model, x, config.eval.mc_samples, batch) for k, x in inputs.items()}, notes

@@ -38,7 +38,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path, stem: str = "result
 
 
 def summarise(rows: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"), metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
-    """Mean and sample std of ``metrics`` per group (std 0 for a single run)."""
+    """Mean and sample std of ``metrics`` per group (std 0 for a single run; None where a group lacks a metric)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
@@ -47,9 +47,9 @@ def summarise(rows: list[dict[str, Any]], group_by: Sequence[str] = ("method", "
         entry: dict[str, Any] = dict(zip(group_by, key))
         entry["runs"] = len(members)
         for m in metrics:
-            values = [float(r[m]) for r in members]
-            entry[f"{m}_mean"] = statistics.fmean(values)
-            entry[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            values = [float(r[m]) for r in members if r.get(m) is not None]
+            entry[f"{m}_mean"] = statistics.fmean(values) if values else None
+            entry[f"{m}_std"] = (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
         summary.append(entry)
     return summary
 
@@ -64,6 +64,6 @@ def summary_table(summary: list[dict[str, Any]], group_by: Sequence[str] = ("met
         table.add_column(m, justify="right")
     for entry in summary:
         cells = [str(entry[k]) for k in group_by] + [str(entry["runs"])]
-        cells += [f"{entry[f'{m}_mean']:.4f} ± {entry[f'{m}_std']:.4f}" for m in metrics]
+        cells += ["—" if entry[f"{m}_mean"] is None else f"{entry[f'{m}_mean']:.4f} ± {entry[f'{m}_std']:.4f}" for m in metrics]
         table.add_row(*cells)
     return table

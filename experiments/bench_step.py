@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cigl_bayes.bayes import HierarchicalGuide, NegativeELBO, SparseBayesModel
 from cigl_bayes.cigl import RandomMask
 from cigl_bayes.models import build_model
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater
@@ -38,18 +39,22 @@ def make(case: str, variant: str, device: torch.device, density: float, seed: in
     torch.manual_seed(seed)
     model = build_model(name, shape, classes).to(device)
     if variant != "dense":
-        drop = {"rigl": None, "cigl-1%": 0.01, "cigl-10%": 0.1}[variant]
+        drop = {"rigl": None, "cigl-1%": 0.01, "cigl-10%": 0.1, "cigl-svi": 0.1}[variant]
         model = SparseNet(model, density, "erk", RandomMask(drop) if drop is not None else None, seed=seed)
-    optimizer = build_sgd(model, 0.05, weight_decay=5e-4)
+    optimizer = build_sgd(model, 0.05, weight_decay=0.0 if variant == "cigl-svi" else 5e-4)
     gate = None
     if variant != "dense":
         gate = TopologyUpdater(model, optimizer, DropSchedule(end_step=10**9, update_every=10**9))
-    return model, optimizer, gate
+    objective = None
+    if variant == "cigl-svi":  # -ELBO/N of the Pyro model + hierarchical guide (Monte-Carlo KL)
+        num_data = 50_000
+        objective = NegativeELBO(SparseBayesModel(model, num_data, 1.0, 0.9), HierarchicalGuide(model, 0.9), num_data)
+    return model, optimizer, gate, objective
 
 
-def step_fn(model, optimizer, gate, x, y):
+def step_fn(model, optimizer, gate, objective, x, y):
     def step():
-        loss = F.cross_entropy(model(x), y)
+        loss = objective(x, y) if objective is not None else F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if gate is None or gate():
@@ -108,7 +113,7 @@ def bench_case(case: str, device: torch.device, density: float, steps: int, roun
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *shape, generator=gen).to(device)
     y = torch.randint(0, classes, (batch,), generator=gen).to(device)
-    variants = ["dense", "rigl", "cigl-1%", "cigl-10%"]
+    variants = ["dense", "rigl", "cigl-1%", "cigl-10%", "cigl-svi"]
     built = {v: make(case, v, device, density) for v in variants}
     steps_by = {v: step_fn(*built[v], x, y) for v in variants}
     for v in variants:  # warm-up
@@ -120,7 +125,7 @@ def bench_case(case: str, device: torch.device, density: float, steps: int, roun
     ms = {v: statistics.median(t) for v, t in per_round.items()}
     ratios_by_round = [r_c / r_d for r_c, r_d in zip(per_round["cigl-10%"], per_round["dense"])]
     sampling_ms = time_mask_sampling(built["cigl-10%"][0], device)
-    model, optimizer, _ = built["rigl"]
+    model, optimizer, _, _ = built["rigl"]
     update_ms = time_update(model, optimizer, x, y, device)
     result = {
         "case": case, "device": str(device), "threads": torch.get_num_threads(), "batch": batch, "density": density,
@@ -128,6 +133,7 @@ def bench_case(case: str, device: torch.device, density: float, steps: int, roun
         "cigl10_over_dense": ms["cigl-10%"] / ms["dense"],
         "cigl1_over_dense": ms["cigl-1%"] / ms["dense"],
         "rigl_over_dense": ms["rigl"] / ms["dense"],
+        "svi_over_cigl": ms["cigl-svi"] / ms["cigl-10%"],
         "cigl10_over_dense_per_round": ratios_by_round,
         "random_mask_overhead_ms": ms["cigl-10%"] - ms["rigl"],
         "random_mask_sampling_ms_isolated": sampling_ms,
@@ -157,6 +163,7 @@ def main() -> None:
         print(f"\n== {case} on {r['device']} (batch {r['batch']}, density {r['density']}, {r['threads']} threads)")
         print("   ms/step: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()))
         print(f"   CigL(10%)/dense {r['cigl10_over_dense']:.3f}   CigL(1%)/dense {r['cigl1_over_dense']:.3f}   RigL/dense {r['rigl_over_dense']:.3f}")
+        print(f"   SVI (Pyro -ELBO) / plain CigL(10%) {r['svi_over_cigl']:.3f}")
         print(f"   random-mask overhead (CigL10% - RigL): {r['random_mask_overhead_ms']:.2f} ms/step; "
               f"isolated sampling + masking cost {r['random_mask_sampling_ms_isolated']:.2f} ms/step")
         print(f"   one topology update: {r['topology_update_ms']:.2f} ms = {r['topology_update_over_step']:.2f} steps")

@@ -50,7 +50,10 @@ def trained(single_thread, digits_data):
 def test_every_method_trains_and_predicts(name: str, trained, digits_data) -> None:
     config, parts, history, probs, notes = trained[name]
     assert len(history.loss) == 2 and all(torch.isfinite(torch.tensor(history.loss)))
-    assert history.loss[-1] < 2.3  # below chance-level cross-entropy (ln 10): it learned something
+    if parts.method.svi:  # -ELBO/N carries the KL's constant: check it went down instead
+        assert history.loss[-1] < history.loss[0]
+    else:
+        assert history.loss[-1] < 2.3  # below chance-level cross-entropy (ln 10): it learned something
     for split, labels in (("val", digits_data.y_val), ("test", digits_data.y_test)):
         p = probs[split]
         assert p.shape == (len(labels), digits_data.num_classes)

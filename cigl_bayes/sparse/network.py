@@ -59,6 +59,7 @@ class SparseNet(nn.Module):
         super().__init__()
         self.module = model
         self.weight_names = maskable_weight_names(model)
+        self._weights: list[nn.Parameter] | None = None
         params = dict(model.named_parameters())
         shapes = [params[n].shape for n in self.weight_names]
         generator = torch.Generator().manual_seed(seed)
@@ -77,9 +78,15 @@ class SparseNet(nn.Module):
 
     # ----------------------------------------------------------------- weights and masks
     def weights(self) -> list[nn.Parameter]:
-        """The stored maskable weights, in support order."""
-        params = dict(self.module.named_parameters())
-        return [params[n] for n in self.weight_names]
+        """The stored maskable weights, in support order (cached: looked up once per ``_apply``)."""
+        if self._weights is None:
+            params = dict(self.module.named_parameters())
+            self._weights = [params[n] for n in self.weight_names]
+        return self._weights
+
+    def _apply(self, fn, recurse=True):
+        self._weights = None  # .to() / .double() may replace parameter objects
+        return super()._apply(fn, recurse)
 
     def topology_changed(self) -> None:
         """Invalidate caches derived from the support (call after editing ``support``)."""
@@ -112,7 +119,11 @@ class SparseNet(nn.Module):
         return params
 
     def forward(self, *args, **kwargs):
-        masked = self.masked_weights()
+        return self.forward_with(self.masked_weights(), *args, **kwargs)
+
+    def forward_with(self, masked: list[torch.Tensor], *args, **kwargs):
+        """Run the wrapped model with the given per-layer masked weights (e.g. sampled by a Pyro
+        guide); captures their gradients for RigL when ``capture_dense_grad`` is set."""
         if self.capture_dense_grad and torch.is_grad_enabled():
             for w in masked:
                 w.retain_grad()

@@ -56,6 +56,8 @@ class Trainer:
     Args:
         model: a plain module or a ``SparseNet``.
         optimizer: its optimiser; ``lr_scheduler`` is stepped once per optimisation step.
+        loss_fn: ``loss_fn(model(x), y)`` is minimised, unless ``objective(x, y)`` is given
+            (e.g. ``-ELBO / N`` of a Pyro model and guide over ``model``).
         loader: yields ``(x, y)`` batches on the model's device; must have ``state_dict``.
         gate: optional ``StepGate`` (topology updater) called after each backward.
         hooks: ``EpochHook`` s run at the end of every epoch (averaging, ...).
@@ -73,6 +75,7 @@ class Trainer:
         epochs: int,
         *,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         gate: StepGate | None = None,
         hooks: Sequence[EpochHook] = (),
@@ -90,6 +93,7 @@ class Trainer:
         self.loader = loader
         self.epochs = epochs
         self.loss_fn = loss_fn
+        self.objective = objective
         self.lr_scheduler = lr_scheduler
         self.gate = gate
         self.hooks = list(hooks)
@@ -106,7 +110,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the detached loss (no host sync)."""
         self.model.train()
-        loss = self.loss_fn(self.model(x), y)
+        loss = self.objective(x, y) if self.objective is not None else self.loss_fn(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.gate is None or self.gate():

@@ -1,0 +1,23 @@
+"""The Bayesian core: the sparse net as a Pyro model, CigL's hierarchical guide, -ELBO, predictive."""
+
+from .guide import HierarchicalGuide
+from .kl import bernoulli_entropy, equivalent_weight_decay, gal_kl, gaussian_kl, prior_precision_for_weight_decay
+from .model import KL_MODES, LIKELIHOODS, SparseBayesModel, active_values, scatter_to_layers
+from .predictive import mc_predictive_probs
+from .svi import NegativeELBO
+
+__all__ = [
+    "KL_MODES",
+    "LIKELIHOODS",
+    "HierarchicalGuide",
+    "NegativeELBO",
+    "SparseBayesModel",
+    "active_values",
+    "bernoulli_entropy",
+    "equivalent_weight_decay",
+    "gal_kl",
+    "gaussian_kl",
+    "mc_predictive_probs",
+    "prior_precision_for_weight_decay",
+    "scatter_to_layers",
+]

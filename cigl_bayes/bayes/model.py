@@ -1,0 +1,113 @@
+r"""The sparse network as a Pyro model.
+
+Latent sites (one per role, over the whole network's active weights — few sites keep
+Pyro's per-site tracing cost small):
+
+- ``"mask"``: :math:`Z \sim \mathrm{Bernoulli}(p)^{\otimes K}`, :math:`K` = number of active
+  weights (the support :math:`M` comes from the sparse engine; RigL keeps updating it).
+  Its prior equals the guide's :math:`q(Z)`, so it adds nothing to the KL: the ELBO is
+  :math:`\mathbb E_{q(Z)}[\mathrm{ELBO}(q(W \mid Z))]`, a valid bound (see ``theory/``).
+- ``"weights"`` (``kl="mc"``): :math:`W \sim \mathcal N(0, l^{-2})^{\otimes K}`; the KL is then
+  estimated by Monte Carlo through ``Trace_ELBO``. With ``kl="gal"`` the weights are the
+  deterministic :math:`W = c\,Z \odot V` and Gal's closed-form KL enters as a ``pyro.factor``.
+- ``"obs"``: categorical (logits) or Gaussian (precision :math:`\tau`) likelihood inside a data
+  plate of size :math:`N` subsampled to the mini-batch (scale :math:`N/B`).
+
+Biases and BatchNorm parameters are point estimates (ordinary torch parameters).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from ..sparse.network import SparseNet
+from .kl import gal_kl
+
+LIKELIHOODS = ("categorical", "gaussian")
+KL_MODES = ("mc", "gal")
+
+
+def active_values(net: SparseNet) -> Tensor:
+    """The stored weights at the support's active positions, as one flat vector (the :math:`V`)."""
+    flat = torch.cat([w.reshape(-1) for w in net.weights()])
+    return flat[net.support.active_indices()]
+
+
+def scatter_to_layers(net: SparseNet, values: Tensor) -> list[Tensor]:
+    """Per-layer weight tensors holding ``values`` at the active positions and zeros elsewhere."""
+    support = net.support
+    flat = values.new_zeros(support.total).index_put((support.active_indices(),), values)
+    return support.layer_views(flat)
+
+
+class SparseBayesModel:
+    """Pyro model :math:`p(y, W, Z \\mid x)` of a ``SparseNet`` (see module docstring).
+
+    Args:
+        net: the sparse network (its support defines the active weights).
+        num_data: :math:`N`, the training-set size (data-plate size).
+        prior_precision: :math:`l^2` of the weight prior.
+        keep: :math:`p`, the keep probability of the random mask.
+        rescale: inverted-dropout scaling :math:`c = 1/p` (else :math:`c = 1`).
+        kl: ``"mc"`` (prior site, Monte-Carlo KL) or ``"gal"`` (closed-form factor).
+        likelihood: ``"categorical"`` or ``"gaussian"``; ``tau`` is the Gaussian precision.
+        slab_scale: :math:`s`, used by the closed-form KL's constant.
+    """
+
+    def __init__(
+        self,
+        net: SparseNet,
+        num_data: int,
+        prior_precision: float,
+        keep: float,
+        rescale: bool = True,
+        kl: str = "mc",
+        likelihood: str = "categorical",
+        tau: float = 1.0,
+        slab_scale: float = 1e-3,
+    ) -> None:
+        if kl not in KL_MODES:
+            raise ValueError(f"unknown KL mode {kl!r}; choose one of {KL_MODES}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep probability must be in (0, 1], got {keep}")
+        if prior_precision <= 0 or num_data < 1 or tau <= 0:
+            raise ValueError("prior_precision and tau must be > 0 and num_data >= 1")
+        self.net = net
+        self.num_data = num_data
+        self.prior_precision = prior_precision
+        self.keep = keep
+        self.scale = 1.0 / keep if rescale else 1.0
+        self.kl = kl
+        self.likelihood = likelihood
+        self.tau = tau
+        self.slab_scale = slab_scale
+
+    def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        values = active_values(self.net)
+        k = values.numel()
+        probs = values.new_full((k,), self.keep)
+        z = pyro.sample("mask", dist.Bernoulli(probs=probs, validate_args=False).to_event(1))
+        if self.kl == "mc":
+            prior_std = values.new_full((k,), 1.0 / math.sqrt(self.prior_precision))
+            weights = pyro.sample("weights", dist.Normal(torch.zeros_like(values), prior_std, validate_args=False).to_event(1))
+        else:
+            weights = z * values * self.scale
+            pyro.factor("kl_gal", -gal_kl(values, self.keep, self.prior_precision, self.slab_scale, self.scale))
+        output = self.net.forward_with(scatter_to_layers(self.net, weights), x)
+        batch = x.shape[0]
+        with pyro.plate("data", size=self.num_data, subsample=torch.arange(batch, device=x.device)):
+            if self.likelihood == "categorical":
+                if y is None:
+                    pyro.deterministic("probs", output.softmax(-1), event_dim=1)
+                pyro.sample("obs", dist.Categorical(logits=output, validate_args=False), obs=y)
+            else:
+                noise = output.new_tensor(self.tau**-0.5)
+                pyro.sample("obs", dist.Normal(output, noise, validate_args=False).to_event(output.dim() - 1), obs=y)
+        return output
