@@ -146,7 +146,7 @@ def compare(
     csv_path, json_path = write_results(rows, out)
     stdout = Console()
     if not stdout.is_terminal:  # files and pipes: wide enough that mean ± std cells do not wrap
-        stdout = Console(width=140)
+        stdout = Console(width=200)
     metrics = SUMMARY_METRICS + (("mc_accuracy", "mc_ece", "mc_nll") if any("mc_ece" in r for r in rows) else ())
     stdout.print(summary_table(summarise(rows, metrics=metrics), metrics=metrics, title=f"{dataset}: mean ± std over seeds {seeds}"))
     typer.echo(f"wrote {csv_path} and {json_path}")

@@ -1,7 +1,7 @@
 """The Bayesian core: the sparse net as a Pyro model, CigL's hierarchical guide, -ELBO, predictive."""
 
 from .guide import HierarchicalGuide
-from .kl import bernoulli_entropy, equivalent_weight_decay, gal_kl, gaussian_kl, prior_precision_for_weight_decay
+from .kl import bernoulli_entropy, equivalent_l2_coefficient, gal_kl, gaussian_kl, prior_precision_for_weight_decay
 from .model import KL_MODES, LIKELIHOODS, SparseBayesModel, active_values, scatter_to_layers
 from .predictive import mc_predictive_probs
 from .svi import NegativeELBO
@@ -14,7 +14,7 @@ __all__ = [
     "SparseBayesModel",
     "active_values",
     "bernoulli_entropy",
-    "equivalent_weight_decay",
+    "equivalent_l2_coefficient",
     "gal_kl",
     "gaussian_kl",
     "mc_predictive_probs",

@@ -26,7 +26,9 @@ from torch import Tensor
 
 def bernoulli_entropy(p: float) -> float:
     """:math:`H(p) = -p \\log p - (1-p) \\log(1-p)` (nats; 0 at p in {0, 1})."""
-    if p <= 0.0 or p >= 1.0:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"a probability must lie in [0, 1], got {p}")
+    if p == 0.0 or p == 1.0:
         return 0.0
     return -(p * math.log(p) + (1.0 - p) * math.log(1.0 - p))
 
@@ -50,7 +52,7 @@ def gal_kl(values: Tensor, keep: float, prior_precision: float, slab_std: float,
     return 0.5 * keep * scale**2 * l2 * values.pow(2).sum() + n * constant
 
 
-def equivalent_weight_decay(keep: float, prior_precision: float, num_data: int, tau: float = 1.0, scale: float = 1.0) -> float:
+def equivalent_l2_coefficient(keep: float, prior_precision: float, num_data: int, tau: float = 1.0, scale: float = 1.0) -> float:
     """:math:`\\lambda = p c^2 l^2 / (2 N \\tau)`: the L2 coefficient making ``-ELBO / N`` equal the CigL loss.
 
     (SGD's ``weight_decay`` :math:`\\omega` adds :math:`\\omega/2 \\|w\\|^2`, i.e. :math:`\\omega = 2\\lambda`.)

@@ -108,6 +108,8 @@ class SparseBayesModel:
                     pyro.deterministic("probs", output.softmax(-1), event_dim=1)
                 pyro.sample("obs", dist.Categorical(logits=output, validate_args=False), obs=y)
             else:
+                if y is None:
+                    pyro.deterministic("mean", output, event_dim=output.dim() - 1)
                 noise = output.new_tensor(self.tau**-0.5)
                 pyro.sample("obs", dist.Normal(output, noise, validate_args=False).to_event(output.dim() - 1), obs=y)
         return output

@@ -17,7 +17,7 @@ from cigl_bayes.bayes import (
     NegativeELBO,
     SparseBayesModel,
     active_values,
-    equivalent_weight_decay,
+    equivalent_l2_coefficient,
     gal_kl,
     gaussian_kl,
     scatter_to_layers,
@@ -105,7 +105,7 @@ def test_gradient_identity_gal_kl():
         elbo_grads = [p.grad.clone() for p in net.parameters()]
 
         net.zero_grad()
-        lam = equivalent_weight_decay(keep, precision, num_data, scale=scale)
+        lam = equivalent_l2_coefficient(keep, precision, num_data, scale=scale)
         values = active_values(net)
         logits = net.forward_with(scatter_to_layers(net, z * values * scale), x)
         cigl_loss = F.cross_entropy(logits, y) + lam * values.pow(2).sum()
@@ -161,3 +161,42 @@ def test_rigl_updates_keep_running_during_svi():
             assert torch.count_nonzero(weight.detach()[~mask]) == 0
     assert updater.updates_done == 3
     assert not torch.equal(before, net.support.flat)
+
+
+def test_regression_predictive_variance_is_noise_plus_spread_of_draws():
+    """Gaussian likelihood: Var[y* | x*] = 1/tau + Var_t f_t(x*) (theory.md), from Predictive's samples."""
+    torch.manual_seed(0)
+    net = SparseNet(nn.Sequential(nn.Linear(1, 64), nn.ReLU(), nn.Linear(64, 1)), 0.5, random_mask=RandomMask(0.2)).eval()
+    tau, draws = 25.0, 4000
+    model = SparseBayesModel(net, 100, 1.0, 0.8, kl="mc", likelihood="gaussian", tau=tau)
+    guide = HierarchicalGuide(net, 0.8, kl="mc")
+    x = torch.linspace(-2, 2, 5).unsqueeze(-1)
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        samples = Predictive(model, guide=guide, num_samples=draws, return_sites=("obs", "mean"))(x)
+    obs, mean = samples["obs"].squeeze(-1), samples["mean"].squeeze(-1)
+    assert obs.shape == (draws, 5)
+    expected = 1.0 / tau + mean.var(0)
+    assert (mean.var(0) > 0.1 / tau).all()  # the network spread is a real part of the variance
+    # sample-variance relative standard error ~ sqrt(2/draws) ~ 2.2 %: allow 4 SE
+    torch.testing.assert_close(obs.var(0), expected, rtol=0.09, atol=0)
+
+
+def test_gaussian_svi_fits_a_line():
+    """A few hundred SVI steps with the Gaussian likelihood bring the predictive mean to the data."""
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 64).unsqueeze(-1)
+    y = 2 * x + 0.5
+    net = SparseNet(nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 1)), 0.5, random_mask=RandomMask(0.05))
+    model = SparseBayesModel(net, 64, 1e-2, 0.95, kl="gal", likelihood="gaussian", tau=100.0)
+    guide = HierarchicalGuide(net, 0.95, kl="gal")
+    objective = NegativeELBO(model, guide, 64)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(400):
+        optimizer.zero_grad()
+        objective(x, y).backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        fitted = Predictive(model, guide=guide, num_samples=50, return_sites=("mean",))(x)["mean"].mean(0)
+    assert (fitted - y).abs().mean() < 0.1
