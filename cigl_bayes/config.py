@@ -119,6 +119,21 @@ class BayesConfig:
 
 
 @dataclass(frozen=True)
+class MoonConfig:
+    """MOON: warm-up epochs of plain cross-entropy, alpha auto-tuner (rho, alpha_final, EWMA rate)."""
+
+    warmup_epochs: int = 5
+    rho: float = 64.0
+    alpha_final: float = 1.0
+    ewma: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_epochs >= 0, f"MOON warm-up epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.rho > 0, f"MOON rho must be > 0, got {self.rho}")
+        _require(0 < self.ewma <= 1, f"MOON EWMA rate must be in (0, 1], got {self.ewma}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """MC predictive samples (random masks / dropout) and batch size for evaluation."""
 
@@ -143,6 +158,7 @@ class RunConfig:
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
+    moon: MoonConfig = field(default_factory=MoonConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +168,7 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         sections = {
             "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "random_mask": RandomMaskConfig,
-            "averaging": AveragingConfig, "optim": OptimConfig, "bayes": BayesConfig, "eval": EvalConfig,
+            "averaging": AveragingConfig, "optim": OptimConfig, "bayes": BayesConfig, "moon": MoonConfig, "eval": EvalConfig,
         }
         return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
 

@@ -27,6 +27,7 @@ def tiny(method: str = "rigl", **changes: Any) -> RunConfig:
         data__batch_size=128,
         sparsity__update_every=2,
         eval__mc_samples=2,
+        moon__warmup_epochs=1,
     )
     base.update(changes)
     return recipe("digits").with_(**base)

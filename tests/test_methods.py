@@ -10,7 +10,8 @@ from torch import nn
 
 from cigl_bayes.cigl import RandomMask
 from cigl_bayes.evaluate import measured_density, predict_logits
-from cigl_bayes.methods import METHODS, assemble, final_model, final_predictions, get_method, run, validate
+from cigl_bayes.methods import METHODS, assemble, get_method, validate
+from cigl_bayes.runner import final_model, final_predictions, known_class_probs, run
 from cigl_bayes.models import MODEL_NAMES
 from cigl_bayes.sparse import SparseNet
 from cigl_bayes.sparse.masks import maskable_weight_names
@@ -38,7 +39,8 @@ def trained(single_thread, digits_data):
     results = {}
     for name in METHODS:
         config = recipe("digits").with_(method=name, model__name="mlp", optim__epochs=2, data__batch_size=128,
-                                        sparsity__update_every=2, sparsity__density=DENSITY, eval__mc_samples=2)
+                                        sparsity__update_every=2, sparsity__density=DENSITY, eval__mc_samples=2,
+                                        moon__warmup_epochs=1)
         parts = assemble(config, digits_data, None, progress=False)
         history = parts.trainer.fit()
         probs, notes = final_predictions(parts, config, digits_data)
@@ -55,10 +57,12 @@ def test_every_method_trains_and_predicts(name: str, trained, digits_data) -> No
     else:
         assert history.loss[-1] < 2.3  # below chance-level cross-entropy (ln 10): it learned something
     for split, labels in (("val", digits_data.y_val), ("test", digits_data.y_test)):
-        p = probs[split]
+        outputs = digits_data.num_classes + (1 if parts.method.unknown_class else 0)  # MOON: K + 1
+        assert probs[split].shape == (len(labels), outputs)
+        p = known_class_probs(probs[split], digits_data.num_classes)
         assert p.shape == (len(labels), digits_data.num_classes)
         assert torch.all(p >= 0) and torch.allclose(p.sum(-1), torch.ones(len(labels)), atol=1e-5)
-    accuracy = (probs["test"].argmax(-1) == digits_data.y_test).float().mean().item()
+    accuracy = (known_class_probs(probs["test"], 10).argmax(-1) == digits_data.y_test).float().mean().item()
     assert accuracy > 0.5, f"{name}: test accuracy {accuracy}"
     assert parts.method is METHODS[name]
     assert isinstance(parts.model, SparseNet) == METHODS[name].sparse

@@ -47,6 +47,11 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: bool  # CIFAR-style images: trainer applies pad-4 random crop + flip on the device
+    # Normalisation the loader applied: x = (raw / raw_scale - mean) / std, with ``mean``/``std``
+    # per channel for images (N,C,H,W) and per feature for flat (N,D) data; None if unknown.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    raw_scale: float | None = None  # digits 16, CIFAR 255, npz 1
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "DataSplits":
         """Return a copy with all tensors moved to ``device``."""
@@ -160,13 +165,25 @@ def _carve_val(y_train: np.ndarray, val_fraction: float, rng: np.random.Generato
 # ----------------------------------------------------------------------------- normalisation
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Standardise with train statistics: per channel for (N,C,H,W), per feature for (N,D)."""
+def _train_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Train mean/std (keepdims): per channel for (N,C,H,W), per feature for (N,D)."""
     axes = (0, 2, 3) if train.ndim == 4 else (0,)
     mean = train.mean(axis=axes, dtype=np.float64, keepdims=True)
     std = train.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > _STD_EPS, std, 1.0)  # constant channels/features: centre only
+    return mean, std
+
+
+def _standardise(
+    train: np.ndarray, *others: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Standardise with train statistics (``stats`` from :func:`_train_stats`, computed if None)."""
+    mean, std = stats if stats is not None else _train_stats(train)
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+
+
+def _stat_tuple(a: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.asarray(a, dtype=np.float64).ravel())
 
 
 def _make_splits(
@@ -175,8 +192,10 @@ def _make_splits(
     ys: list[np.ndarray],
     num_classes: int,
     augment: bool,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+    raw_scale: float | None = None,
 ) -> DataSplits:
-    """Wrap (train, val, test) numpy arrays as contiguous CPU tensors."""
+    """Wrap (train, val, test) numpy arrays as contiguous CPU tensors (recording the normalisation)."""
     tx = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in xs]
     ty = [torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)) for y in ys]
     return DataSplits(
@@ -187,6 +206,9 @@ def _make_splits(
         num_classes=int(num_classes),
         input_shape=tuple(int(s) for s in tx[0].shape[1:]),
         augment=augment,
+        mean=_stat_tuple(stats[0]) if stats is not None else None,
+        std=_stat_tuple(stats[1]) if stats is not None else None,
+        raw_scale=raw_scale,
     )
 
 
@@ -205,8 +227,11 @@ def _load_digits(val_fraction: float, split_seed: int) -> DataSplits:
     n_val = _round_half_up(val_fraction * n)
     tr_rel, val_rel = _stratified_take(y[rest], n_val, rng)
     train, val = rest[tr_rel], rest[val_rel]
-    x_tr, x_va, x_te = _standardise(x[train], x[val], x[test])
-    return _make_splits("digits", [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=False)
+    stats = _train_stats(x[train])
+    x_tr, x_va, x_te = _standardise(x[train], x[val], x[test], stats=stats)
+    return _make_splits(
+        "digits", [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=False, stats=stats, raw_scale=16.0
+    )
 
 
 # ----------------------------------------------------------------------------- npz
@@ -270,8 +295,12 @@ def _load_npz(path_str: str, data_dir: Any, val_fraction: float, split_seed: int
         xs["val"], ys["val"] = xs["train"][va], ys["train"][va]
         xs["train"], ys["train"] = xs["train"][tr], ys["train"][tr]
 
-    x_tr, x_va, x_te = _standardise(xs["train"], xs["val"], xs["test"])
-    return _make_splits(name, [x_tr, x_va, x_te], [ys["train"], ys["val"], ys["test"]], num_classes, augment=False)
+    stats = _train_stats(xs["train"])
+    x_tr, x_va, x_te = _standardise(xs["train"], xs["val"], xs["test"], stats=stats)
+    return _make_splits(
+        name, [x_tr, x_va, x_te], [ys["train"], ys["val"], ys["test"]], num_classes, augment=False,
+        stats=stats, raw_scale=1.0,
+    )
 
 
 def _check_npz_split(x: np.ndarray, y: np.ndarray, split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -468,4 +497,7 @@ def _load_cifar(name: str, data_dir: Any, val_fraction: float, split_seed: int) 
         num_classes=k,
         input_shape=(3, 32, 32),
         augment=True,
+        mean=_stat_tuple(mean),
+        std=_stat_tuple(std),
+        raw_scale=255.0,
     )

@@ -1,4 +1,4 @@
-"""Classification and calibration metrics, and reliability diagrams.
+"""Classification, calibration and OOD-detection metrics, and reliability diagrams.
 
 ``plot_reliability_diagram`` is imported lazily so that matplotlib loads only when used.
 """
@@ -14,6 +14,7 @@ from cigl_bayes.metrics.calibration import (
     maximum_calibration_error,
 )
 from cigl_bayes.metrics.classification import accuracy, brier_score, negative_log_likelihood
+from cigl_bayes.metrics.ood import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_report
 
 if TYPE_CHECKING:
     from cigl_bayes.metrics.plots import plot_reliability_diagram
@@ -21,13 +22,18 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationBins",
     "accuracy",
+    "aupr_in",
+    "aupr_out",
+    "auroc",
     "brier_score",
     "calibration_bins",
     "calibration_report",
     "classwise_ece",
     "expected_calibration_error",
+    "fpr_at_tpr",
     "maximum_calibration_error",
     "negative_log_likelihood",
+    "ood_report",
     "plot_reliability_diagram",
 ]
 

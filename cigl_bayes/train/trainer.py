@@ -164,6 +164,7 @@ class Trainer:
             "hooks": [hook.state_dict() for hook in self.hooks],
             "loader": self.loader.state_dict(),
             "random_mask": random_mask.state_dict() if random_mask is not None else None,
+            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -184,6 +185,8 @@ class Trainer:
         random_mask = getattr(self.model, "random_mask", None)
         if random_mask is not None and state["random_mask"] is not None:
             random_mask.load_state_dict(state["random_mask"])
+        if hasattr(self.objective, "load_state_dict") and state.get("objective") is not None:
+            self.objective.load_state_dict(state["objective"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -14,7 +14,8 @@ from torch import nn
 
 from cigl_bayes.data import DeviceLoader
 from cigl_bayes.evaluate import evaluate_probs
-from cigl_bayes.methods import assemble, final_model, final_predictions, run
+from cigl_bayes.methods import assemble
+from cigl_bayes.runner import final_model, final_predictions, run
 from cigl_bayes.sparse import SparseNet
 from cigl_bayes.train import NonFiniteLossError, Trainer, build_sgd, load_checkpoint
 
@@ -61,6 +62,10 @@ RESUME_CASES = {
     "cigl": {"averaging__start_fraction": 0.25},
     # MC-dropout baseline: unit dropout draws from the global torch RNG.
     "rigl-mcdrop": {"model__dropout": 0.3},
+    # MOON: the alpha tuner's EWMA and step counter (warm-up ends before the cut) + averaging.
+    "moon": {"moon__warmup_epochs": 1, "averaging__start_fraction": 0.25},
+    # CigL by SVI: Pyro's sampling uses the global torch RNG.
+    "cigl-svi": {"averaging__start_fraction": 0.25},
 }
 
 
