@@ -33,13 +33,12 @@ def tiny(method: str = "rigl", **changes: Any) -> RunConfig:
     return recipe("digits").with_(**base)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def single_thread():
-    """One intra-op thread for the module (restored after).
+    """One intra-op thread for the whole test session (restored after).
 
     On a shared, oversubscribed CPU two spinning torch threads make these tiny models up to
-    100x slower; results are bit-identical either way. Use with
-    ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    100x slower; results are bit-identical either way.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -19,7 +19,6 @@ from cigl_bayes.data import load_dataset
 from cigl_bayes.methods import assemble
 from cigl_bayes.train import Trainer, load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--epochs", "2", "--batch-size", "128", "--update-every", "2", "--no-progress"]

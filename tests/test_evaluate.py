@@ -13,7 +13,6 @@ from cigl_bayes.evaluate import evaluate_probs, mc_predict_probs, measured_densi
 from cigl_bayes.models import build_model
 from cigl_bayes.sparse import SparseNet
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHAPE = (1, 8, 8)
 

@@ -16,7 +16,6 @@ from cigl_bayes.models import MODEL_NAMES
 from cigl_bayes.sparse import SparseNet
 from cigl_bayes.sparse.masks import maskable_weight_names
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 DENSITY = 0.1
 

@@ -26,13 +26,6 @@ from cigl_bayes.cigl import RandomMask
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_net(seed=0, density=1.0):
     """A 2-3-2 ReLU network (12 maskable weights at density 1)."""

@@ -23,7 +23,6 @@ from cigl_bayes.bayes.kl import (
     prior_precision_for_weight_decay,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 LOG_2PI = math.log(2.0 * math.pi)
 

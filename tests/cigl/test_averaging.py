@@ -10,14 +10,6 @@ from cigl_bayes.cigl import PredictionAverager, RandomMask, SnapshotAveraging, W
 from cigl_bayes.sparse import SparseNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def mlp_bn(seed=0):
     torch.manual_seed(seed)

@@ -11,14 +11,6 @@ from cigl_bayes.cigl import RandomMask, mask_update_by_z
 from cigl_bayes.sparse import SparseNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 N = 1_000_000
 

@@ -20,7 +20,6 @@ from cigl_bayes.data import (
     unnormalise_inputs,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

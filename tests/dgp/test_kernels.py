@@ -16,7 +16,6 @@ import torch
 
 from cigl_bayes.dgp import arccos_kernel, empirical_masked_relu_kernel, mask_factor, masked_relu_kernel_limit
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 D = 3
 PRIOR_VAR = 1.0 / D

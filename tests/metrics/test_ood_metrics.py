@@ -9,7 +9,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from cigl_bayes.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_report
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _sk(score_id: np.ndarray, score_ood: np.ndarray, tpr: float = 0.95, drop: bool = False) -> dict[str, float]:

@@ -9,7 +9,6 @@ from torch import nn
 
 from cigl_bayes.ood.moon import AlphaSchedule, MoonObjective, moon_loss, unknown_gradient_threshold
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_loss_is_cross_entropy_for_correctly_classified_examples():

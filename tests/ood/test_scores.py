@@ -11,7 +11,6 @@ from scipy.stats import entropy as scipy_entropy
 
 from cigl_bayes.ood import SCORES, energy_score, entropy_score, max_logit_score, msp_score
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _logits(n: int = 7, c: int = 5, seed: int = 0) -> torch.Tensor:

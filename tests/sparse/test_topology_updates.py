@@ -18,14 +18,6 @@ from cigl_bayes.cigl import RandomMask
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 STEPS = 30
 SCHEDULE = DropSchedule(end_step=24, update_every=3, drop_fraction=0.3)
 DENSITY = 0.3

@@ -10,7 +10,6 @@ import torch
 
 from cigl_bayes.train import load_checkpoint, save_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _state(value: float) -> dict:

@@ -14,7 +14,6 @@ from cigl_bayes.sparse import SparseNet
 from cigl_bayes.sparse.masks import maskable_weight_names
 from cigl_bayes.train import LR_SCHEDULES, build_lr_scheduler, build_sgd, lr_factor, parameter_groups
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Mixed(nn.Module):

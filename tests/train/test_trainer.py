@@ -19,7 +19,6 @@ from cigl_bayes.runner import final_model, final_predictions, run
 from cigl_bayes.sparse import SparseNet
 from cigl_bayes.train import NonFiniteLossError, Trainer, build_sgd, load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
