@@ -90,6 +90,23 @@ class Assembled:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def _objective(method: Method, config: RunConfig, model: nn.Module, data: DataSplits, steps_per_epoch: int) -> tuple[Callable | None, dict[str, Any]]:
+    """The method's training objective (None: cross-entropy of ``model(x)``) and extra parts."""
+    if method.svi:  # -ELBO/N; its KL term replaces weight decay on the maskable weights
+        keep, rescale = 1.0 - config.random_mask.drop_rate, config.random_mask.rescale
+        scale = 1.0 / keep if rescale else 1.0
+        num_data = data.x_train.shape[0]
+        precision = config.bayes.prior_precision or prior_precision_for_weight_decay(config.optim.weight_decay, keep, num_data, scale=scale)
+        bayes_model = SparseBayesModel(model, num_data, precision, keep, rescale, kl=config.bayes.kl, slab_scale=config.bayes.slab_scale)
+        guide = HierarchicalGuide(model, keep, rescale, config.bayes.slab_scale, kl=config.bayes.kl)
+        return NegativeELBO(bayes_model, guide, num_data), {"bayes_model": bayes_model, "guide": guide, "prior_precision": precision}
+    if method.unknown_class:
+        moon = config.moon
+        alpha_schedule = AlphaSchedule(moon.warmup_epochs, config.optim.epochs, moon.rho, moon.alpha_final, moon.ewma)
+        return MoonObjective(model, alpha_schedule, steps_per_epoch), {}
+    return None, {}
+
+
 def assemble(
     config: RunConfig,
     data: DataSplits,
@@ -121,21 +138,7 @@ def assemble(
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.data.batch_size} exceeds the {data.x_train.shape[0]} training examples; lower --batch-size")
     total_steps = optim.epochs * steps_per_epoch
-    objective = None
-    extras: dict[str, Any] = {}
-    if method.svi:  # the KL term replaces weight decay on the maskable weights
-        keep, rescale = 1.0 - config.random_mask.drop_rate, config.random_mask.rescale
-        scale = 1.0 / keep if rescale else 1.0
-        num_data = data.x_train.shape[0]
-        precision = config.bayes.prior_precision or prior_precision_for_weight_decay(optim.weight_decay, keep, num_data, scale=scale)
-        bayes_model = SparseBayesModel(model, num_data, precision, keep, rescale, kl=config.bayes.kl, slab_scale=config.bayes.slab_scale)
-        guide = HierarchicalGuide(model, keep, rescale, config.bayes.slab_scale, kl=config.bayes.kl)
-        objective = NegativeELBO(bayes_model, guide, num_data)
-        extras = {"bayes_model": bayes_model, "guide": guide, "prior_precision": precision}
-    if method.unknown_class:
-        moon = config.moon
-        schedule = AlphaSchedule(moon.warmup_epochs, optim.epochs, moon.rho, moon.alpha_final, moon.ewma)
-        objective = MoonObjective(model, schedule, steps_per_epoch)
+    objective, extras = _objective(method, config, model, data, steps_per_epoch)
     optimizer = build_sgd(model, optim.lr, optim.momentum, optim.nesterov, 0.0 if method.svi else optim.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, total_steps, optim.warmup_epochs * steps_per_epoch, optim.schedule,
                                       optim.decay_every, optim.decay_factor)
