@@ -30,9 +30,8 @@ def final_predictions(
     if parts.averaging is not None and parts.averaging.predictions is not None:
         notes["snapshots"] = parts.averaging.count
         return {k: parts.averaging.predictions.mean[k] for k in inputs}, notes
-    model = parts.model
+    model = final_model(parts)
     if parts.averaging is not None:
-        model = parts.averaging.weights.averaged
         notes["snapshots"] = parts.averaging.count
     notes["measured_density"] = measured_density(model)
     if method.svi:  # MC predictive through pyro.infer.Predictive over the guide
