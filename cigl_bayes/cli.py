@@ -30,6 +30,7 @@ DistributionOpt = typer.Option(None, "--distribution", help="erk or uniform laye
 UpdateEveryOpt = typer.Option(None, "--update-every", help="dT: iterations between topology updates")
 DropRateOpt = typer.Option(None, "--drop-rate", help="CigL random-mask drop rate (paper 0.1; released code 0.01)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
+LearnKeepOpt = typer.Option(None, "--learn-keep/--fixed-keep", help="cigl-svi: learn the keep probability (concrete dropout; needs --kl gal)")
 MoonWarmupOpt = typer.Option(None, "--moon-warmup", help="MOON: epochs of plain cross-entropy before the re-weighted loss (5)")
 KlOpt = typer.Option(None, "--kl", help="cigl-svi KL term: mc (Monte Carlo through Trace_ELBO) or gal (closed form)")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
@@ -41,7 +42,7 @@ def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any)
         "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
         "lr": "optim__lr", "density": "sparsity__density", "distribution": "sparsity__distribution",
         "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate", "kl": "bayes__kl",
-        "moon_warmup": "moon__warmup_epochs",
+        "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep",
     }
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
     return recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
@@ -74,6 +75,7 @@ def train(
     update_every: Optional[int] = UpdateEveryOpt,
     drop_rate: Optional[float] = DropRateOpt,
     kl: Optional[str] = KlOpt,
+    learn_keep: Optional[bool] = LearnKeepOpt,
     moon_warmup: Optional[int] = MoonWarmupOpt,
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
@@ -87,7 +89,8 @@ def train(
 
     config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
-                      update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup)
+                      update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
+                      learn_keep=learn_keep)
     _guarded(validate, config)
     record = _guarded(run, config, out, progress=progress, resume=resume)
     keys = ("accuracy", "ece", "nll", "brier")
@@ -116,6 +119,7 @@ def compare(
     update_every: Optional[int] = UpdateEveryOpt,
     drop_rate: Optional[float] = DropRateOpt,
     kl: Optional[str] = KlOpt,
+    learn_keep: Optional[bool] = LearnKeepOpt,
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
@@ -129,7 +133,7 @@ def compare(
     if not (method_list and density_list and seed_list):
         _fail("--methods, --densities and --seeds each need at least one value")
     common = dict(model=model, data_dir=data_dir, distribution=distribution, epochs=epochs, batch_size=batch_size,
-                  lr=lr, update_every=update_every, drop_rate=drop_rate, kl=kl)
+                  lr=lr, update_every=update_every, drop_rate=drop_rate, kl=kl, learn_keep=learn_keep)
     configs = []
     for name in method_list:
         for density in ([1.0] if name in METHODS and not METHODS[name].sparse else density_list):
@@ -206,6 +210,81 @@ def ood(
     stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=metrics,
                                title=f"{dataset}, density {density}: OOD detection (MSP), mean ± std over seeds {seeds}"))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and a score histogram per run (OUT/<method>-s<seed>/ood_scores.png)")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Option(..., "--run", help="run folder holding checkpoint.pt (from `train`)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file (default RUN/model-sparse.npz)"),
+    format: str = typer.Option("bitmask", "--format", help="bitmask (packed bits + non-zeros) or csr"),
+    values_dtype: str = typer.Option("float32", "--values-dtype", help="float32 (exact) or float16"),
+) -> None:
+    """Export a run's final model in a compressed sparse format; print its size against the dense state dict."""
+    from .evaluate import measured_density
+    from .export import FORMATS, dense_state_bytes, export_sparse, model_from_run
+    from .train import load_checkpoint
+
+    if format not in FORMATS:
+        _fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not run_dir.is_dir():
+        _fail(f"no run folder at {run_dir}; pass the --out folder of `cigl-bayes train`")
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if not checkpoint_path.is_file():
+        _fail(f"no checkpoint at {checkpoint_path}; train first (`cigl-bayes train --out {run_dir}`)")
+    try:
+        checkpoint = load_checkpoint(checkpoint_path)
+    except Exception as error:  # truncated / foreign file
+        _fail(f"could not read {checkpoint_path}: {error}")
+    if not isinstance(checkpoint, dict):
+        _fail(f"{checkpoint_path} is not a cigl-bayes checkpoint")
+    model, meta = _guarded(model_from_run, checkpoint)
+    target = out if out is not None else run_dir / "model-sparse.npz"
+    path = _guarded(export_sparse, model, target, meta, format, values_dtype)
+    size, dense = path.stat().st_size, dense_state_bytes(model)
+    density = measured_density(model)
+    typer.echo(f"wrote {path} ({format}, {values_dtype}): {size:,} bytes vs dense float32 state_dict {dense:,} bytes "
+               f"= {size / dense:.3f} x (weight density {density:.3f})")
+
+
+@app.command()
+def predict(
+    model_file: Path = typer.Option(..., "--model", help="file written by `cigl-bayes export`"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits or npz:PATH (default: the training dataset)"),
+    data_dir: Optional[str] = DataDirOpt,
+    out: Path = typer.Option(Path("preds.csv"), "--out", help="CSV of class probabilities and predicted labels"),
+    batch_size: int = typer.Option(512, "--batch-size", help="inference batch size"),
+) -> None:
+    """Predict the test split of a dataset with an exported model; write OUT (probabilities, labels), print accuracy."""
+    import csv
+
+    import torch
+
+    from .data import load_dataset
+    from .export import load_sparse
+    from .runner import known_class_probs
+
+    model, meta = _guarded(load_sparse, model_file)
+    name = dataset or meta.get("dataset") or "digits"
+    data = _guarded(load_dataset, name, data_dir)
+    if tuple(data.input_shape) != tuple(meta["input_shape"]):
+        _fail(f"{name} has inputs of shape {tuple(data.input_shape)} but the model expects {tuple(meta['input_shape'])}")
+    labels = int(meta.get("labels", data.num_classes))
+    if labels != data.num_classes:
+        _fail(f"{name} has {data.num_classes} classes but the model was trained on {labels}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    with torch.inference_mode():
+        logits = torch.cat([model(x) for x in data.x_test.split(batch_size)])
+    probs = known_class_probs(logits.softmax(-1), labels)
+    pred = probs.argmax(-1)
+    accuracy = float((pred == data.y_test).float().mean())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "label", "pred", *[f"p{k}" for k in range(labels)]])
+        for i, (y, p, row) in enumerate(zip(data.y_test.tolist(), pred.tolist(), probs.tolist())):
+            writer.writerow([i, y, p, *[f"{v:.6g}" for v in row]])
+    typer.echo(f"{name} test: accuracy {accuracy:.4f} over {len(pred)} examples -> {out}")
 
 
 def main() -> None:

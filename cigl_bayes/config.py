@@ -106,14 +106,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class BayesConfig:
-    """SVI path: KL estimator, prior precision l^2 (None: matched to the weight decay), slab scale."""
+    """SVI path: KL estimator, prior precision l^2 (None: matched to the weight decay), slab scale,
+    and a learnable keep probability (concrete dropout, needs ``kl="gal"``)."""
 
     kl: str = "mc"
     prior_precision: float | None = None
     slab_scale: float = 1e-3
+    learn_keep: bool = False
+    temperature: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.kl in ("mc", "gal"), f"unknown KL mode {self.kl!r}; choose mc or gal")
+        _require(not self.learn_keep or self.kl == "gal", "a learnable keep probability needs --kl gal (its -K H(p) term)")
+        _require(self.temperature > 0, f"relaxation temperature must be > 0, got {self.temperature}")
         _require(self.prior_precision is None or self.prior_precision > 0, f"prior precision must be > 0, got {self.prior_precision}")
         _require(self.slab_scale > 0, f"slab scale must be > 0, got {self.slab_scale}")
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .bayes import HierarchicalGuide, NegativeELBO, SparseBayesModel, prior_precision_for_weight_decay
+from .bayes import HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesModel, SyncLearnedKeep, prior_precision_for_weight_decay
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
 from .data import DATASET_NAMES, DataSplits, DeviceLoader, random_crop_flip
@@ -97,9 +97,15 @@ def _objective(method: Method, config: RunConfig, model: nn.Module, data: DataSp
         scale = 1.0 / keep if rescale else 1.0
         num_data = data.x_train.shape[0]
         precision = config.bayes.prior_precision or prior_precision_for_weight_decay(config.optim.weight_decay, keep, num_data, scale=scale)
-        bayes_model = SparseBayesModel(model, num_data, precision, keep, rescale, kl=config.bayes.kl, slab_scale=config.bayes.slab_scale)
-        guide = HierarchicalGuide(model, keep, rescale, config.bayes.slab_scale, kl=config.bayes.kl)
-        return NegativeELBO(bayes_model, guide, num_data), {"bayes_model": bayes_model, "guide": guide, "prior_precision": precision}
+        mask_keep: float | LearnableKeep = keep
+        if config.bayes.learn_keep:  # a variational parameter living on the net (optimised, checkpointed)
+            model.variational_keep = mask_keep = LearnableKeep(keep, config.bayes.temperature).to(data.x_train.device)
+        bayes_model = SparseBayesModel(model, num_data, precision, mask_keep, rescale, kl=config.bayes.kl, slab_scale=config.bayes.slab_scale)
+        guide = HierarchicalGuide(model, mask_keep, rescale, config.bayes.slab_scale, kl=config.bayes.kl)
+        extras = {"bayes_model": bayes_model, "guide": guide, "prior_precision": precision}
+        if config.bayes.learn_keep:
+            extras["keep_sync"] = SyncLearnedKeep(mask_keep, model.random_mask)
+        return NegativeELBO(bayes_model, guide, num_data), extras
     if method.unknown_class:
         moon = config.moon
         alpha_schedule = AlphaSchedule(moon.warmup_epochs, config.optim.epochs, moon.rho, moon.alpha_final, moon.ewma)
@@ -158,7 +164,7 @@ def assemble(
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
                                       eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})})
     trainer = Trainer(model, optimizer, loader, optim.epochs, objective=objective, lr_scheduler=lr_scheduler, gate=gate,
-                      hooks=[averaging] if averaging else [], step_wrapper=step_wrapper,
+                      hooks=[h for h in (extras.get("keep_sync"), averaging) if h is not None], step_wrapper=step_wrapper,
                       checkpoint_path=checkpoint_path, checkpoint_extra={"config": config.to_dict()},
                       progress=progress, description=config.method)
     return Assembled(method, model, trainer, averaging, extras)

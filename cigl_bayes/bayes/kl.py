@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
@@ -38,16 +39,21 @@ def gaussian_kl(mean: Tensor, std: float, prior_std: float) -> Tensor:
     return 0.5 * (ratio + mean.pow(2) / prior_std**2 - 1.0 - math.log(ratio))
 
 
-def gal_kl(values: Tensor, keep: float, prior_precision: float, slab_std: float, scale: float = 1.0) -> Tensor:
+def gal_kl(values: Tensor, keep: float | Tensor, prior_precision: float, slab_std: float, scale: float | Tensor = 1.0) -> Tensor:
     """Gal's closed-form approximation of :math:`\\sum_i \\mathrm{KL}(q(w_i) \\| p(w_i))` (a scalar).
 
     ``values`` are the variational means :math:`v` of the active weights, ``prior_precision``
     is :math:`l^2`, ``scale`` is :math:`c`. The :math:`v`-dependent part is the L2 penalty
-    :math:`\\tfrac{p c^2 l^2}{2}\\|v\\|^2` of the CigL loss.
+    :math:`\\tfrac{p c^2 l^2}{2}\\|v\\|^2` of the CigL loss. ``keep`` (and ``scale``) may be
+    tensors — a learned keep probability (concrete dropout), for which :math:`-K H(p)` matters.
     """
     n = values.numel()
     l2 = prior_precision
-    constant = 0.5 * l2 * slab_std**2 - 0.5 * math.log(l2 * slab_std**2) - 0.5 - bernoulli_entropy(keep)
+    if torch.is_tensor(keep):
+        entropy = -(keep * keep.log() + (1.0 - keep) * torch.log1p(-keep))
+    else:
+        entropy = bernoulli_entropy(keep)
+    constant = 0.5 * l2 * slab_std**2 - 0.5 * math.log(l2 * slab_std**2) - 0.5 - entropy
     return 0.5 * keep * scale**2 * l2 * values.pow(2).sum() + n * constant
 
 

@@ -23,13 +23,52 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..sparse.network import SparseNet
 from .kl import gal_kl
 
 LIKELIHOODS = ("categorical", "gaussian")
 KL_MODES = ("mc", "gal")
+
+
+class LearnableKeep(nn.Module):
+    """A learned keep probability :math:`p = \\sigma(\\theta)` (concrete dropout, Gal et al. 2017).
+
+    Registered on the ``SparseNet`` (``net.variational_keep``) so the optimiser trains it and
+    checkpoints hold it. The mask is then a relaxed Bernoulli of ``temperature`` (reparameterised).
+    """
+
+    def __init__(self, keep: float, temperature: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 < keep < 1.0:
+            raise ValueError(f"a learnable keep probability must start in (0, 1), got {keep}")
+        if temperature <= 0:
+            raise ValueError(f"relaxation temperature must be > 0, got {temperature}")
+        self.logit = nn.Parameter(torch.tensor(math.log(keep / (1.0 - keep))))
+        self.temperature = temperature
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logit)
+
+
+def mask_distribution(keep: float | LearnableKeep, like: Tensor) -> dist.Distribution:
+    """:math:`q(Z)` over the active entries: Bernoulli(p), or a relaxed Bernoulli for a learned p.
+
+    The model uses the same distribution as its "prior" on ``Z``, so the mask contributes nothing
+    to the KL beyond Gal's closed form (whose :math:`-K H(p)` carries the dependence on p).
+    """
+    if isinstance(keep, LearnableKeep):
+        probs = keep.probs.to(like.dtype).expand(like.shape)
+        return dist.RelaxedBernoulli(like.new_tensor(keep.temperature), probs=probs, validate_args=False).to_event(1)
+    return dist.Bernoulli(probs=like.new_full(like.shape, keep), validate_args=False).to_event(1)
+
+
+def keep_and_scale(keep: float | LearnableKeep, rescale: bool) -> tuple[float | Tensor, float | Tensor]:
+    """:math:`p` and :math:`c` (``1/p`` with inverted-dropout rescaling, else 1)."""
+    p = keep.probs if isinstance(keep, LearnableKeep) else keep
+    return p, (1.0 / p if rescale else 1.0)
 
 
 def active_values(net: SparseNet) -> Tensor:
@@ -52,7 +91,7 @@ class SparseBayesModel:
         net: the sparse network (its support defines the active weights).
         num_data: :math:`N`, the training-set size (data-plate size).
         prior_precision: :math:`l^2` of the weight prior.
-        keep: :math:`p`, the keep probability of the random mask.
+        keep: :math:`p`, the keep probability of the random mask, or a ``LearnableKeep``.
         rescale: inverted-dropout scaling :math:`c = 1/p` (else :math:`c = 1`).
         kl: ``"mc"`` (prior site, Monte-Carlo KL) or ``"gal"`` (closed-form factor).
         likelihood: ``"categorical"`` or ``"gaussian"``; ``tau`` is the Gaussian precision.
@@ -64,7 +103,7 @@ class SparseBayesModel:
         net: SparseNet,
         num_data: int,
         prior_precision: float,
-        keep: float,
+        keep: float | LearnableKeep,
         rescale: bool = True,
         kl: str = "mc",
         likelihood: str = "categorical",
@@ -75,7 +114,10 @@ class SparseBayesModel:
             raise ValueError(f"unknown KL mode {kl!r}; choose one of {KL_MODES}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
-        if not 0.0 < keep <= 1.0:
+        if isinstance(keep, LearnableKeep):
+            if kl != "gal":
+                raise ValueError("a learnable keep probability needs the closed-form KL (kl='gal'): its -K H(p) term")
+        elif not 0.0 < keep <= 1.0:
             raise ValueError(f"keep probability must be in (0, 1], got {keep}")
         if prior_precision <= 0 or num_data < 1 or tau <= 0:
             raise ValueError("prior_precision and tau must be > 0 and num_data >= 1")
@@ -83,7 +125,7 @@ class SparseBayesModel:
         self.num_data = num_data
         self.prior_precision = prior_precision
         self.keep = keep
-        self.scale = 1.0 / keep if rescale else 1.0
+        self.rescale = rescale
         self.kl = kl
         self.likelihood = likelihood
         self.tau = tau
@@ -91,15 +133,14 @@ class SparseBayesModel:
 
     def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         values = active_values(self.net)
-        k = values.numel()
-        probs = values.new_full((k,), self.keep)
-        z = pyro.sample("mask", dist.Bernoulli(probs=probs, validate_args=False).to_event(1))
+        z = pyro.sample("mask", mask_distribution(self.keep, values))
         if self.kl == "mc":
-            prior_std = values.new_full((k,), 1.0 / math.sqrt(self.prior_precision))
+            prior_std = torch.full_like(values, 1.0 / math.sqrt(self.prior_precision))
             weights = pyro.sample("weights", dist.Normal(torch.zeros_like(values), prior_std, validate_args=False).to_event(1))
         else:
-            weights = z * values * self.scale
-            pyro.factor("kl_gal", -gal_kl(values, self.keep, self.prior_precision, self.slab_scale, self.scale))
+            keep, scale = keep_and_scale(self.keep, self.rescale)
+            weights = z * values * scale
+            pyro.factor("kl_gal", -gal_kl(values, keep, self.prior_precision, self.slab_scale, scale))
         output = self.net.forward_with(scatter_to_layers(self.net, weights), x)
         batch = x.shape[0]
         with pyro.plate("data", size=self.num_data, subsample=torch.arange(batch, device=x.device)):

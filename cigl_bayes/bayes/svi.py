@@ -24,3 +24,21 @@ class NegativeELBO:
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return self.elbo.differentiable_loss(self.model, self.guide, x, y) / self.num_data
+
+
+class SyncLearnedKeep:
+    """End-of-epoch hook: copy a learned keep probability into the network's ``RandomMask`` so that
+    weight-and-mask averaging and eval-time masks use it (one host read per epoch)."""
+
+    def __init__(self, keep, random_mask) -> None:
+        self.keep = keep
+        self.random_mask = random_mask
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.random_mask.set_drop_rate(1.0 - float(self.keep.probs.detach()))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.on_epoch_end(-1)

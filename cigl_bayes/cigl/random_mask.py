@@ -22,15 +22,19 @@ class RandomMask:
     """
 
     def __init__(self, drop_rate: float = 0.1, rescale: bool = True, seed: int = 0) -> None:
+        self.rescale = rescale
+        self.set_drop_rate(drop_rate)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def set_drop_rate(self, drop_rate: float) -> None:
+        """Change the drop rate (e.g. to a learned value); the generator state is kept."""
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"random-mask drop rate must be in [0, 1), got {drop_rate}; e.g. --drop-rate 0.1")
         self.drop_rate = float(drop_rate)
         self.keep = 1.0 - self.drop_rate
-        self.rescale = rescale
-        self.scale = 1.0 / self.keep if rescale else 1.0
-        self.expected_scale = 1.0 if rescale else self.keep  # E[Z * scale]
-        self.seed = seed
-        self._generator: torch.Generator | None = None
+        self.scale = 1.0 / self.keep if self.rescale else 1.0
+        self.expected_scale = 1.0 if self.rescale else self.keep  # E[Z * scale]
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The sampler's generator, created (seeded) on ``device`` at first use."""

@@ -21,6 +21,12 @@ class DeviceLoader:
     syncs.  ``transform(batch, generator)``, if given, is applied to each feature batch
     with the same generator (e.g. augmentation).  :meth:`state_dict` captures the
     generator and, mid-epoch, the position, so a resumed run draws identical batches.
+
+    Data-parallel sharding: with ``world_size > 1`` every rank draws the same global
+    permutation (same ``seed`` on every rank) and yields only its contiguous slice
+    ``rank`` of each global batch of ``batch_size`` examples (``batch_size`` must be a
+    multiple of ``world_size``), so the ranks together see exactly the single-process
+    batches. ``transform`` is applied to the rank's slice.
     """
 
     def __init__(
@@ -32,6 +38,8 @@ class DeviceLoader:
         drop_last: bool = False,
         seed: int = 0,
         transform: Transform | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -40,6 +48,7 @@ class DeviceLoader:
         if x.device != y.device:
             raise ValueError(f"x is on {x.device} but y is on {y.device}; move both to the same device")
         self.x, self.y = x, y
+        self.set_shard(rank, world_size, batch_size)
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -51,6 +60,16 @@ class DeviceLoader:
         self._epoch_start: Tensor | None = None  # generator state when the current epoch began
         self._position: int | None = None  # next batch index within the current epoch
         self._resume: tuple[Tensor, Tensor, int] | None = None
+
+    def set_shard(self, rank: int, world_size: int, batch_size: int | None = None) -> None:
+        """Yield only shard ``rank`` of ``world_size`` of every global batch (see class doc)."""
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the world size {world_size}; "
+                             "choose a global batch size that is a multiple of the number of processes")
+        self.rank, self.world_size = int(rank), int(world_size)
 
     @property
     def num_examples(self) -> int:
@@ -81,9 +100,13 @@ class DeviceLoader:
         for b in range(position, len(self)):
             lo, hi = b * bs, min((b + 1) * bs, self._n)
             if perm is None:
+                if self.world_size > 1:
+                    lo, hi = [t[self.rank] for t in _shard_bounds(lo, hi, self.world_size)]
                 xb, yb = self.x[lo:hi], self.y[lo:hi]
             else:
                 idx = perm[lo:hi]
+                if self.world_size > 1:
+                    idx = idx.tensor_split(self.world_size)[self.rank]
                 xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
             if self.transform is not None:
                 xb = self.transform(xb, gen)
@@ -113,3 +136,11 @@ class DeviceLoader:
         if state.get("position") is not None and state.get("epoch_start") is not None:
             start = state["epoch_start"].detach().to("cpu", torch.uint8).clone()
             self._resume = (start, gen_state, int(state["position"]))
+
+
+def _shard_bounds(lo: int, hi: int, world_size: int) -> tuple[list[int], list[int]]:
+    """Per-rank ``[lo, hi)`` of ``tensor_split(world_size)`` over the range ``[lo, hi)``."""
+    n = hi - lo
+    sizes = [n // world_size + (1 if r < n % world_size else 0) for r in range(world_size)]
+    starts = [lo + sum(sizes[:r]) for r in range(world_size)]
+    return starts, [s + z for s, z in zip(starts, sizes)]

@@ -13,6 +13,7 @@ Layers kept dense (density 1) are skipped. The selections use ``topk(sorted=Fals
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +38,10 @@ class TopologyUpdater:
         rule: ``"static"`` (never), ``"set"`` or ``"rigl"``.
         seed: seeds SET's random growth.
         skip_step_on_update: skip the optimizer step on update iterations (RigL's code).
+        reduce_grads: optional in-place reduction applied to the captured dense gradients
+            before growth; under data parallelism pass
+            ``cigl_bayes.train.distributed.all_reduce_mean_`` so that every rank grows from
+            the gradient of the global batch (DDP does not reduce these non-leaf gradients).
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class TopologyUpdater:
         rule: str = "rigl",
         seed: int = 0,
         skip_step_on_update: bool = True,
+        reduce_grads: Callable[[list[torch.Tensor]], None] | None = None,
     ) -> None:
         if rule not in UPDATE_RULES:
             raise ValueError(f"unknown update rule {rule!r}; choose one of {UPDATE_RULES}")
@@ -56,6 +62,7 @@ class TopologyUpdater:
         self.rule = rule
         self.seed = seed
         self.skip_step_on_update = skip_step_on_update
+        self.reduce_grads = reduce_grads
         self.step = 0
         self.updates_done = 0
         self._generator: torch.Generator | None = None
@@ -85,6 +92,8 @@ class TopologyUpdater:
         """Drop ``ceil(fraction * nnz_l)`` weights per layer and grow as many (see module doc)."""
         support = self.net.support
         grads = self.net.dense_gradients() if self.rule == "rigl" else None
+        if grads is not None and self.reduce_grads is not None:
+            self.reduce_grads(grads)
         for layer, (weight, mask) in enumerate(zip(self.net.weights(), support.layers())):
             active_count, numel = support.counts[layer], support.numels[layer]
             k = min(math.ceil(fraction * active_count), active_count)

@@ -65,6 +65,11 @@ class Trainer:
         checkpoint_path: where the resumable state is written (atomically) every
             ``checkpoint_every`` epochs and at the end; ``None`` disables checkpoints.
         checkpoint_extra: stored in every checkpoint beside the state (e.g. the run config).
+        forward_model: module called as ``forward_model(x)`` in training steps instead of
+            ``model`` (e.g. a ``DistributedDataParallel`` wrapper of ``model``); state,
+            checkpoints and evaluation still use ``model``.
+        grad_reducer: called after ``backward`` and before the gate/step (e.g. an all-reduce
+            of the gradients when the forward does not go through DDP).
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class Trainer:
         checkpoint_extra: dict[str, Any] | None = None,
         progress: bool = True,
         description: str = "training",
+        forward_model: nn.Module | None = None,
+        grad_reducer: Callable[[], Any] | None = None,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -103,6 +110,8 @@ class Trainer:
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.progress = progress
         self.description = description
+        self.forward_model = forward_model
+        self.grad_reducer = grad_reducer
         self.epoch = 0
         self.history = History()
 
@@ -110,9 +119,12 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimisation step; returns the detached loss (no host sync)."""
         self.model.train()
-        loss = self.objective(x, y) if self.objective is not None else self.loss_fn(self.model(x), y)
+        forward = self.forward_model if self.forward_model is not None else self.model
+        loss = self.objective(x, y) if self.objective is not None else self.loss_fn(forward(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_reducer is not None:
+            self.grad_reducer()
         if self.gate is None or self.gate():
             if self.step_wrapper is None:
                 self.optimizer.step()

@@ -193,3 +193,55 @@ def test_gaussian_svi_fits_a_line():
     with torch.no_grad():
         fitted = Predictive(model, guide=guide, num_samples=50, return_sites=("mean",))(x)["mean"].mean(0)
     assert (fitted - y).abs().mean() < 0.1
+
+
+def test_gal_kl_gradient_in_a_learned_keep_probability():
+    """d/dp [p c^2 l^2/2 ||v||^2 - K H(p)] with c = 1/p: -l^2 ||v||^2 / (2 p^2) - K log((1-p)/p)."""
+    v = torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    l2 = 3.0
+    (grad,) = torch.autograd.grad(gal_kl(v, p, l2, 1e-3, 1.0 / p), p)
+    expected = -l2 * v.pow(2).sum() / (2 * 0.8**2) - 50 * math.log(0.2 / 0.8)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_learnable_keep_trains_by_svi_and_mask_terms_cancel():
+    """Concrete-dropout option: relaxed masks, identical model/guide mask densities (no KL from Z
+    beyond Gal's -K H(p)), a non-zero gradient in p, and p moves under SVI; MC KL is refused."""
+    from cigl_bayes.bayes import LearnableKeep
+
+    torch.manual_seed(0)
+    net = SparseNet(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)), 0.5, random_mask=RandomMask(0.2))
+    net.variational_keep = keep = LearnableKeep(0.8)
+    x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    model = SparseBayesModel(net, 64, 1.0, keep, kl="gal")
+    guide = HierarchicalGuide(net, keep, kl="gal")
+    guide_trace = poutine.trace(guide).get_trace(x, y)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    z = guide_trace.nodes["mask"]["value"]
+    assert ((z > 0) & (z < 1)).all()  # relaxed, not hard, masks
+    torch.testing.assert_close(model_trace.nodes["mask"]["fn"].log_prob(z), guide_trace.nodes["mask"]["fn"].log_prob(z))
+    objective = NegativeELBO(model, guide, 64)
+    objective(x, y).backward()
+    assert keep.logit.grad is not None and keep.logit.grad != 0
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    start = float(keep.probs.detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        objective(x, y).backward()
+        optimizer.step()
+    assert 0 < float(keep.probs.detach()) < 1 and abs(float(keep.probs.detach()) - start) > 1e-3
+    with pytest.raises(ValueError, match="kl='gal'"):
+        SparseBayesModel(net, 64, 1.0, keep, kl="mc")
+
+
+def test_cigl_svi_with_learned_keep_syncs_the_random_mask(digits_data, tiny_config):
+    from cigl_bayes.methods import assemble
+
+    config = tiny_config("cigl-svi", bayes__kl="gal", bayes__learn_keep=True, averaging__start_fraction=0.5)
+    parts = assemble(config, digits_data, None, progress=False)
+    parts.trainer.fit()
+    learned = float(parts.model.variational_keep.probs.detach())
+    assert learned != pytest.approx(0.9, abs=1e-6)
+    assert parts.model.random_mask.keep == pytest.approx(learned)
+    assert "variational_keep.logit" in parts.model.state_dict()

@@ -1,0 +1,312 @@
+"""Sparse export: save a trained sparse model compactly and load it back for inference.
+
+File format: one ``np.savez_compressed`` archive (``.npz``, deflate), written atomically
+(temporary file in the target folder + ``os.replace``). It holds
+
+* ``__meta__``: UTF-8 JSON (format version, storage ``format``, ``values_dtype``, the model's
+  ``model`` name / ``input_shape`` / ``num_classes`` / ``dropout`` (and ``hidden_sizes`` for an
+  ``MLP``), measured ``density``, the run ``config`` if given, and per sparse layer its shape and nnz);
+* every conv / linear weight (``maskable_weight_names``) in compressed form:
+
+  - ``format="bitmask"``: ``s:<name>:mask`` = ``numpy.packbits`` of the flat non-zero pattern
+    (1 bit per weight) and ``s:<name>:values`` = the non-zeros in row-major order;
+  - ``format="csr"``: the weight viewed as ``(out, -1)`` in CSR: ``s:<name>:crow`` / ``s:<name>:col``
+    (int32) and ``s:<name>:values``;
+
+* every other parameter / buffer densely as ``d:<name>`` (biases, BatchNorm statistics, ...).
+
+Values are float32 (exact round trip) or float16 (``values_dtype="float16"``, half the value bytes).
+At density ``d`` the bitmask format costs about ``1/32 + d`` (float32) or ``1/32 + d/2`` (float16)
+of the dense float32 weight bytes, CSR about ``2 d`` (float32) + row pointers; bitmask is smaller
+at every density above ~3 %, CSR wins only for extremely sparse layers.
+
+``to_sparse_inference`` swaps sufficiently sparse ``nn.Linear`` layers for ``SparseLinearInference``
+(``torch.sparse.mm`` over a CSR weight). Convolutions stay dense: torch has no sparse convolution
+kernel on CPU, and unfolding to a sparse GEMM does not beat the dense (MKL-DNN) conv at these sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import MLP, build_model
+from .sparse.masks import maskable_weight_names
+
+__all__ = [
+    "FORMATS",
+    "SparseLinearInference",
+    "dense_state_bytes",
+    "export_sparse",
+    "load_sparse",
+    "model_from_run",
+    "to_sparse_inference",
+]
+
+FORMAT_VERSION = 1
+FORMATS = ("bitmask", "csr")
+VALUE_DTYPES = {"float32": np.float32, "float16": np.float16}
+_META = "__meta__"
+
+
+# ----------------------------------------------------------------------------- export / load
+
+
+def _model_metadata(model: nn.Module) -> dict[str, Any]:
+    """What ``load_sparse`` can infer about how to rebuild ``model`` (without a caller's metadata)."""
+    meta: dict[str, Any] = {}
+    if isinstance(model, MLP):
+        meta.update(model="mlp", input_shape=list(model.input_shape), num_classes=model.num_classes,
+                    hidden_sizes=list(model.hidden_sizes))
+        dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+        meta["dropout"] = dropouts[0] if dropouts else 0.0
+    return meta
+
+
+def export_sparse(
+    model: nn.Module,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    format: str = "bitmask",
+    values_dtype: str = "float32",
+) -> Path:
+    """Write ``model`` (a plain module whose conv/linear weights hold exact zeros) to ``path``.
+
+    ``metadata`` should name how to rebuild the module: ``model`` (a ``build_model`` name),
+    ``input_shape``, ``num_classes`` and optionally ``dropout`` / ``config``; for an ``MLP`` these
+    are filled in automatically. Returns the written path.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if values_dtype not in VALUE_DTYPES:
+        raise ValueError(f"values_dtype must be one of {', '.join(VALUE_DTYPES)}, got {values_dtype!r}")
+    vdtype = VALUE_DTYPES[values_dtype]
+    path = Path(path)
+    sparse_names = set(maskable_weight_names(model))
+    state = model.state_dict()
+    arrays: dict[str, np.ndarray] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    nnz_total = numel_total = 0
+    for name, tensor in state.items():
+        t = tensor.detach().cpu()
+        if name not in sparse_names:
+            arrays[f"d:{name}"] = t.numpy().copy()
+            continue
+        w = t.float().contiguous()
+        flat = w.reshape(-1)
+        nonzero = flat != 0
+        nnz = int(nonzero.sum())
+        nnz_total += nnz
+        numel_total += flat.numel()
+        layers[name] = {"shape": list(w.shape), "nnz": nnz, "dtype": str(t.dtype).removeprefix("torch.")}
+        if format == "bitmask":
+            arrays[f"s:{name}:mask"] = np.packbits(nonzero.numpy())
+            arrays[f"s:{name}:values"] = flat[nonzero].numpy().astype(vdtype)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                csr = w.reshape(w.shape[0], -1).to_sparse_csr()
+            arrays[f"s:{name}:crow"] = csr.crow_indices().numpy().astype(np.int32)
+            arrays[f"s:{name}:col"] = csr.col_indices().numpy().astype(np.int32)
+            arrays[f"s:{name}:values"] = csr.values().numpy().astype(vdtype)
+    meta = {**_model_metadata(model), **(metadata or {})}
+    meta.update(format_version=FORMAT_VERSION, format=format, values_dtype=values_dtype, layers=layers,
+                density=nnz_total / numel_total if numel_total else 1.0)
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}; run `cigl-bayes export --run DIR` first")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a sparse export written by cigl-bayes export ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
+        raise ValueError(f"{path} is not a sparse export written by cigl-bayes export (no valid metadata)")
+    return meta, arrays
+
+
+def _rebuild(meta: dict[str, Any], path: Path) -> nn.Module:
+    missing = [k for k in ("model", "input_shape", "num_classes") if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)} in its metadata; pass model= to load_sparse")
+    dropout = float(meta.get("dropout", 0.0) or 0.0)
+    if meta["model"] == "mlp" and meta.get("hidden_sizes") is not None:
+        return MLP(tuple(meta["input_shape"]), int(meta["num_classes"]), tuple(meta["hidden_sizes"]), dropout=dropout)
+    return build_model(meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]), dropout=dropout)
+
+
+def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an export: rebuild the dense-structured module (``build_model`` from the metadata, or
+    the given ``model`` skeleton), restore exact weights (zeros included), return ``(module, metadata)``
+    with the module in eval mode."""
+    path = Path(path)
+    meta, arrays = _read_archive(path)
+    module = _rebuild(meta, path) if model is None else model
+    expected = module.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    try:
+        for name, ref in expected.items():
+            if name in meta["layers"]:
+                info = meta["layers"][name]
+                shape = tuple(info["shape"])
+                numel = math.prod(shape)
+                values = torch.from_numpy(arrays[f"s:{name}:values"].astype(np.float32))
+                if meta["format"] == "bitmask":
+                    mask = np.unpackbits(arrays[f"s:{name}:mask"], count=numel).astype(bool)
+                    flat = torch.zeros(numel, dtype=torch.float32)
+                    flat[torch.from_numpy(mask)] = values
+                    weight = flat.view(shape)
+                else:
+                    crow = torch.from_numpy(arrays[f"s:{name}:crow"].astype(np.int64))
+                    col = torch.from_numpy(arrays[f"s:{name}:col"].astype(np.int64))
+                    rows = shape[0]
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                        csr = torch.sparse_csr_tensor(crow, col, values, (rows, numel // rows), check_invariants=True)
+                    weight = csr.to_dense().view(shape)
+                state[name] = weight.to(ref.dtype)
+            else:
+                state[name] = torch.from_numpy(arrays[f"d:{name}"].copy())
+    except (RuntimeError, ValueError) as error:  # malformed CSR / mask sizes
+        raise ValueError(f"{path} holds a malformed sparse layer: {error}") from None
+    except KeyError as error:
+        raise ValueError(f"{path} does not match the rebuilt {type(module).__name__}: missing {error}") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not match the rebuilt {type(module).__name__}: {error}") from None
+    return module.eval(), meta
+
+
+def dense_state_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())`` with float32 weights (the dense baseline)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, buffer)
+    return buffer.getbuffer().nbytes
+
+
+# ----------------------------------------------------------------------------- from a training run
+
+
+def model_from_run(checkpoint: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The plain evaluated model of a run checkpoint (``runner.run``'s ``final_model``) and its metadata.
+
+    A ``SparseNet`` state dict (keys ``module.*`` and ``support.flat``) is unwrapped: the prefix is
+    stripped and the support (times the random mask's expected scale) applied to the weights, so
+    the returned module computes exactly what the evaluated eval-mode ``SparseNet`` computed.
+    """
+    from .config import RunConfig
+    from .data import load_dataset
+    from .methods import get_method
+
+    if "final_model" not in checkpoint or "config" not in checkpoint:
+        raise ValueError("the checkpoint holds no final model / config; it was not written by `cigl-bayes train`")
+    config = RunConfig.from_dict(checkpoint["config"])
+    method = get_method(config.method)
+    data = load_dataset(config.data.dataset, config.data.data_dir, config.data.val_fraction)
+    outputs = data.num_classes + 1 if method.unknown_class else data.num_classes
+    dropout = config.model.dropout if method.mc_dropout else 0.0
+    model = build_model(config.model.name, data.input_shape, outputs, dropout=dropout)
+    state = dict(checkpoint["final_model"])
+    if "support.flat" in state:
+        flat = state["support.flat"].cpu().bool()
+        state = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+        scale = 1.0
+        if method.random_mask and not config.random_mask.rescale:
+            scale = 1.0 - config.random_mask.drop_rate  # eval-mode E = M * E[Z * scale]
+        offset = 0
+        for name in maskable_weight_names(model):
+            w = state[name]
+            chunk = flat[offset: offset + w.numel()].view(w.shape)
+            offset += w.numel()
+            state[name] = w.cpu() * chunk.to(w.dtype) * scale
+        if offset != flat.numel():
+            raise ValueError("the checkpoint's support does not match the model's weights")
+    model.load_state_dict({k: v.cpu() for k, v in state.items()})
+    meta = {"model": config.model.name, "input_shape": list(data.input_shape), "num_classes": outputs,
+            "labels": data.num_classes, "dropout": dropout, "method": config.method, "dataset": config.data.dataset,
+            "config": config.to_dict()}
+    return model.eval(), meta
+
+
+# ----------------------------------------------------------------------------- sparse inference
+
+
+class SparseLinearInference(nn.Module):
+    """Inference-only ``nn.Linear`` whose weight is a CSR (or COO) tensor: ``y = W x + b`` via ``torch.sparse.mm``."""
+
+    def __init__(self, linear: nn.Linear, layout: str = "csr") -> None:
+        super().__init__()
+        if layout not in ("csr", "coo"):
+            raise ValueError(f"layout must be 'csr' or 'coo', got {layout!r}")
+        weight = linear.weight.detach()
+        self.in_features, self.out_features, self.layout = linear.in_features, linear.out_features, layout
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            sparse = weight.to_sparse_csr() if layout == "csr" else weight.to_sparse().coalesce()
+        self.register_buffer("weight", sparse)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.density = float((weight != 0).sum()) / weight.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = torch.sparse.mm(self.weight, x2.t().contiguous()).t()  # (out, in) @ (in, N) -> (N, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, layout={self.layout}"
+
+
+def to_sparse_inference(model: nn.Module, max_density: float = 0.3, min_features: int = 256,
+                        layout: str = "csr") -> nn.Module:
+    """A copy of ``model`` (eval mode) with every ``nn.Linear`` of density <= ``max_density`` and
+    ``in_features * out_features >= min_features**2 / 4`` replaced by ``SparseLinearInference``.
+
+    Tiny layers (e.g. a 10-way head) stay dense: the sparse call overhead outweighs the saving.
+    Convolutions stay dense (torch has no sparse CPU conv kernel that beats the dense one).
+    """
+    model = copy.deepcopy(model).eval()
+
+    def swap(parent: nn.Module) -> None:
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                w = child.weight.detach()
+                dense_enough = float((w != 0).sum()) / w.numel() > max_density
+                if not dense_enough and w.numel() >= min_features * min_features // 4:
+                    setattr(parent, child_name, SparseLinearInference(child, layout))
+            else:
+                swap(child)
+
+    swap(model)
+    return model
