@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 __all__ = ["check_dropout", "check_image_shape", "check_num_classes", "check_shape"]
 
 
@@ -54,3 +56,13 @@ def check_dropout(dropout: float) -> float:
     if not 0.0 <= p < 1.0:  # also rejects NaN
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     return p
+
+
+def init_conv_bn(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) conv weights; BatchNorm weight 1 and bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
