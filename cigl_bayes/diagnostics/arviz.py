@@ -1,0 +1,124 @@
+"""MC predictive samples as ``arviz.InferenceData`` (posterior_predictive, observed_data,
+log_likelihood) so that ``az.loo``, ``az.plot_ppc`` and ``az.plot_loo_pit`` work on them.
+
+Each MC draw ``W_s`` (random mask, dropout or guide sample) is one posterior "draw"; several
+seeds or averaged models can be stacked as chains. ``arviz`` is imported only inside these
+functions (it is slow to import and warns at import time).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..cigl.averaging import batches_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import arviz as az
+
+
+def _arviz() -> Any:
+    """``import arviz`` without its import-time FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+@torch.no_grad()
+def mc_class_probs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024) -> Tensor:
+    """Per-draw class probabilities ``softmax(f(x; W_s))``, shape ``(draws, N, K)`` (not averaged).
+
+    Same stochasticity and draw order as ``cigl_bayes.evaluate.mc_predict_probs``: eval mode
+    (BatchNorm running statistics), fresh ``SparseNet`` random masks and active ``nn.Dropout``;
+    so with the same generator state the mean over draws equals ``mc_predict_probs``.
+    """
+    if draws < 1:
+        raise ValueError(f"MC draws must be >= 1, got {draws}")
+    was_training = model.training
+    model.eval()
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    out: list[Tensor] = []
+    try:
+        with ExitStack() as stack:
+            if hasattr(model, "sampling_masks"):
+                stack.enter_context(model.sampling_masks(True))
+            for m in dropouts:
+                m.train()
+            for _ in range(draws):
+                out.append(torch.cat([model(b).softmax(-1) for b in batches_of(x, batch_size)]))
+    finally:
+        model.train(was_training)  # restores dropout modules too
+    return torch.stack(out)
+
+
+def _as_numpy(a: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(a, Tensor):
+        return a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def to_inference_data(probs: Tensor | np.ndarray, y: Tensor | np.ndarray, seed: int = 0, sample_ppc: bool = True) -> "az.InferenceData":
+    """``InferenceData`` from per-draw class probabilities ``probs`` and labels ``y``.
+
+    Args:
+        probs: ``(chains, draws, N, K)`` or ``(draws, N, K)`` (one chain); e.g. several seeds or
+            averaged models as chains, MC draws (``mc_class_probs``) as draws.
+        y: integer labels, shape ``(N,)``.
+        seed: seeds the numpy generator of the posterior-predictive labels.
+        sample_ppc: add ``posterior_predictive["y"]`` (one categorical label per draw and point).
+
+    Groups: ``log_likelihood["y"] = log p(y_n | draw)`` (chain, draw, obs), ``observed_data["y"]``
+    (obs), ``posterior_predictive["y"]`` (chain, draw, obs), and ``posterior["log_lik_total"]``
+    (chain, draw) = ``sum_n log p(y_n | draw)``, which ``az.loo`` needs for its relative ESS.
+    """
+    az = _arviz()
+    p = _as_numpy(probs)
+    if p.ndim == 3:
+        p = p[None]
+    if p.ndim != 4:
+        raise ValueError(f"probs must be (chains, draws, N, K) or (draws, N, K), got shape {p.shape}")
+    chains, draws, n, k = p.shape
+    labels = (y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)).astype(np.int64).reshape(-1)
+    if labels.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got {labels.shape}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= k:
+        raise ValueError(f"labels must lie in [0, {k}), got range [{labels.min()}, {labels.max()}]")
+    selected = np.take_along_axis(p, labels[None, None, :, None], axis=-1)[..., 0]
+    with np.errstate(divide="ignore"):
+        log_lik = np.log(selected)
+    coords = {"obs": np.arange(n)}
+    dims = {"y": ["obs"]}
+    groups: dict[str, Any] = {
+        "posterior": {"log_lik_total": log_lik.sum(-1)},
+        "log_likelihood": {"y": log_lik},
+        "observed_data": {"y": labels},
+    }
+    if sample_ppc:
+        rng = np.random.default_rng(seed)
+        cdf = np.cumsum(p, axis=-1)
+        u = rng.random((chains, draws, n, 1)) * cdf[..., -1:]  # normalise rows that do not sum to 1 exactly
+        groups["posterior_predictive"] = {"y": np.minimum((u >= cdf).sum(-1), k - 1).astype(np.int64)}
+    return az.from_dict(**groups, coords=coords, dims=dims)
+
+
+def loo_report(idata: "az.InferenceData") -> dict[str, float]:
+    """PSIS-LOO of ``idata``: ``elpd_loo``, ``se``, ``p_loo`` and ``frac_k_gt_0.7`` (Pareto k > 0.7)."""
+    az = _arviz()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "shape parameter of Pareto is greater than 0.7" / pointwise
+        loo = az.loo(idata, pointwise=True)
+    k = np.asarray(loo.pareto_k)
+    return {
+        "elpd_loo": float(loo.elpd_loo),
+        "se": float(loo.se),
+        "p_loo": float(loo.p_loo),
+        "frac_k_gt_0.7": float(np.mean(k > 0.7)),
+        "n_obs": int(k.size),
+    }
