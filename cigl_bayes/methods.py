@@ -44,6 +44,7 @@ METHODS: dict[str, Method] = {
     "static": Method("fixed random ERK support", update="static"),
     "set": Method("SET: drop smallest |w|, grow at random", update="set"),
     "rigl": Method("RigL: drop smallest |w|, grow largest |grad|"),
+    "rigl-wdp": Method("RigL + weight dropout: random mask Z in training, no averaging, evaluated without Z", random_mask=True),
     "rigl-mcdrop": Method("RigL + unit dropout, MC dropout at test time", mc_dropout=True),
     "rigl-ts": Method("RigL + temperature scaling on the validation split", temperature=True),
     "cigl": Method("CigL: RigL + random mask Z + weight-and-mask averaging", random_mask=True, averaging="weights"),
@@ -73,7 +74,7 @@ def validate(config: RunConfig) -> None:
     get_method(config.method)
     if config.model.name.lower() not in MODEL_NAMES:
         raise ValueError(f"unknown model {config.model.name!r}; choose one of: {', '.join(MODEL_NAMES)}")
-    if not (config.data.dataset in DATASET_NAMES or config.data.dataset.startswith("npz:")):
+    if not (config.data.dataset in DATASET_NAMES or config.data.dataset.startswith(("npz:", "synthetic:"))):
         raise ValueError(f"unknown dataset {config.data.dataset!r}; choose one of {', '.join(DATASET_NAMES)} or npz:PATH")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")

@@ -96,6 +96,8 @@ def load_dataset(
         return _load_digits(val_fraction, int(split_seed))
     if low in ("cifar10", "cifar100"):
         return _load_cifar(low, data_dir, val_fraction, int(split_seed))
+    if low.startswith("synthetic:"):
+        return _load_synthetic(key, int(split_seed))
     raise DataError(f"unknown dataset {name!r}; {_valid_names()}")
 
 
@@ -232,6 +234,32 @@ def _load_digits(val_fraction: float, split_seed: int) -> DataSplits:
     return _make_splits(
         "digits", [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=False, stats=stats, raw_scale=16.0
     )
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def _load_synthetic(name: str, split_seed: int) -> DataSplits:
+    """``synthetic:C,H,W:K:N``: N seeded standard-normal inputs of shape (C,H,W) (or (D,)) with
+    uniform random labels in [0, K); split 60/20/20 in order (for smoke runs, nothing to learn)."""
+    usage = "expected 'synthetic:C,H,W:K:N', e.g. synthetic:3,32,32:10:256"
+    try:
+        _, shape_text, k_text, n_text = name.split(":")
+        shape = tuple(int(v) for v in shape_text.split(","))
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise DataError(f"bad synthetic dataset {name!r}; {usage}") from None
+    if not shape or min(shape) < 1 or k < 2 or n < 5:
+        raise DataError(f"bad synthetic dataset {name!r} (positive sizes, K >= 2, N >= 5); {usage}")
+    rng = np.random.default_rng([split_seed, k, n, *shape])
+    x = rng.standard_normal((n, *shape)).astype(np.float32)
+    y = rng.integers(0, k, size=n).astype(np.int64)
+    n_tr, n_va = int(0.6 * n), int(0.2 * n)
+    cuts = [slice(0, n_tr), slice(n_tr, n_tr + n_va), slice(n_tr + n_va, n)]
+    channels = shape[0] if len(shape) == 3 else int(np.prod(shape))
+    stats = (np.zeros(channels), np.ones(channels))  # already standard normal: x = raw
+    return _make_splits(name, [x[c] for c in cuts], [y[c] for c in cuts], k,
+                        augment=shape == (3, 32, 32), stats=stats, raw_scale=1.0)
 
 
 # ----------------------------------------------------------------------------- npz

@@ -218,6 +218,7 @@ def ood_sets(
     * ``npz:PATH``: arrays ``x_ood`` -> ``"ood"`` and ``x_ood_NAME`` -> ``"NAME"`` in the same file.
     * ``cifar10`` / ``cifar100``: the other CIFAR's test split and SVHN's ``test_32x32.mat`` under
       ``data_dir`` (default as in :func:`load_dataset`); missing ones are skipped.
+    * ``synthetic:...``: one seeded Gaussian set ``"noise"`` (std 2, as many as the test set).
 
     ``max_examples`` caps each set with a seeded random subset. Returns ``{name: (n, *input_shape)}``
     CPU float32 tensors (an empty dict when nothing is available).
@@ -236,6 +237,9 @@ def ood_sets(
             k: normalise_inputs(_cap(v, max_examples, seed, k).astype(np.float64) / scale, splits)
             for k, v in u8.items()
         }
+    elif name.startswith("synthetic:"):  # smoke runs: one seeded Gaussian set ("noise"), as many as the test set
+        shape = (len(splits.y_test), *splits.input_shape)
+        raw = {"noise": _rng(seed, "noise").normal(0.0, 2.0, size=shape)}  # loader units (std 2 vs ID std 1)
     else:
         raise DataError(f"no OOD sets defined for dataset {splits.name!r}; expected digits, cifar10, cifar100 or npz:PATH")
     return {k: normalise_inputs(_cap(v, max_examples, seed, k), splits) for k, v in raw.items()}
