@@ -37,7 +37,7 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progre
 
 
 def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any) -> RunConfig:
-    """The dataset's recipe with the options the user gave."""
+    """The dataset's recipe with the options the user gave, validated (names, device)."""
     names = {
         "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
         "lr": "optim__lr", "density": "sparsity__density", "distribution": "sparsity__distribution",
@@ -45,7 +45,11 @@ def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any)
         "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep",
     }
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
-    return recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
+    from .methods import validate
+
+    config = recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
+    validate(config)
+    return config
 
 
 def _fail(message: str) -> None:
@@ -84,14 +88,12 @@ def train(
     progress: bool = ProgressOpt,
 ) -> None:
     """Train one model; write OUT/metrics.json, OUT/reliability.png and OUT/checkpoint.pt."""
-    from .methods import validate
     from .runner import run
 
     config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
                       update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
                       learn_keep=learn_keep)
-    _guarded(validate, config)
     record = _guarded(run, config, out, progress=progress, resume=resume)
     keys = ("accuracy", "ece", "nll", "brier")
     typer.echo(f"{method} on {dataset}: " + ", ".join(f"{k} {record[k]:.4f}" for k in keys) + f"  -> {out / 'metrics.json'}")
@@ -125,7 +127,7 @@ def compare(
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the grid methods x densities x seeds; print mean ± std; write OUT/results.csv and results.json."""
-    from .methods import METHODS, validate
+    from .methods import METHODS
     from .runner import run
     from .results import SUMMARY_METRICS, flat_record, summarise, summary_table, write_results
 
@@ -139,7 +141,6 @@ def compare(
         for density in ([1.0] if name in METHODS and not METHODS[name].sparse else density_list):
             for seed in seed_list:
                 config = _guarded(_config, name, dataset, seed, device, density=density, **common)
-                _guarded(validate, config)
                 configs.append(config)
     rows = []
     columns = ("method", "density", "seed", "accuracy", "ece", "ece_15", "nll", "brier", "mce", "classwise_ece")
@@ -176,7 +177,6 @@ def ood(
 ) -> None:
     """Train each method and seed, score the ID test set against every OOD set (MSP), print
     AUROC / FPR95 / AUPR-In / AUPR-Out with ID accuracy and ECE (mean ± std), write OUT/results.json."""
-    from .methods import validate
     from .results import summarise, summary_table, write_results
     from .runner import run
 
@@ -188,7 +188,6 @@ def ood(
         for seed in seed_list:
             config = _guarded(_config, name, dataset, seed, device, density=density, model=model, data_dir=data_dir,
                               epochs=epochs, batch_size=batch_size, lr=lr, moon_warmup=moon_warmup)
-            _guarded(validate, config)
             configs.append(config)
     rows, means = [], []
     for i, config in enumerate(configs, 1):

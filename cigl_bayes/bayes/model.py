@@ -132,12 +132,14 @@ class SparseBayesModel:
         self.slab_scale = slab_scale
 
     def __call__(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        values = active_values(self.net)
-        z = pyro.sample("mask", mask_distribution(self.keep, values))
-        if self.kl == "mc":
-            prior_std = torch.full_like(values, 1.0 / math.sqrt(self.prior_precision))
-            weights = pyro.sample("weights", dist.Normal(torch.zeros_like(values), prior_std, validate_args=False).to_event(1))
+        if self.kl == "mc":  # the weights come from the prior site: V itself is not needed here
+            like = self.net.weights()[0].new_empty(self.net.support.nnz)
+            pyro.sample("mask", mask_distribution(self.keep, like))
+            prior_std = torch.full_like(like, 1.0 / math.sqrt(self.prior_precision))
+            weights = pyro.sample("weights", dist.Normal(torch.zeros_like(like), prior_std, validate_args=False).to_event(1))
         else:
+            values = active_values(self.net)
+            z = pyro.sample("mask", mask_distribution(self.keep, values))
             keep, scale = keep_and_scale(self.keep, self.rescale)
             weights = z * values * scale
             pyro.factor("kl_gal", -gal_kl(values, keep, self.prior_precision, self.slab_scale, scale))

@@ -152,9 +152,3 @@ class SparseNet(nn.Module):
             yield
         finally:
             self.sampling = previous
-
-    def sparse_state(self) -> dict[str, float]:
-        """Measured density of the stored weights and of the support (for reports and checks)."""
-        with torch.no_grad():
-            nonzero = sum(int(torch.count_nonzero(w)) for w in self.weights())
-        return {"support_density": self.support.density, "weight_density": nonzero / self.support.total}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cigl_bayes.cigl import RandomMask
+from cigl_bayes.evaluate import measured_density
 from cigl_bayes.sparse import SparseNet
 
 
@@ -58,9 +59,8 @@ def test_construction_exact_nnz_and_zero_off_support():
         assert int(m.sum()) == c
         assert torch.all(w[~m] == 0)
         assert int(torch.count_nonzero(w)) == c  # initial values on the support are non-zero
-    state = net.sparse_state()
-    assert state["support_density"] == pytest.approx(net.support.nnz / net.support.total)
-    assert state["weight_density"] == pytest.approx(state["support_density"])
+    assert net.support.density == pytest.approx(net.support.nnz / net.support.total)
+    assert measured_density(net) == pytest.approx(net.support.density)
     # biases and BN stay dense and are not maskable
     assert net.weight_names == ["0.weight", "3.weight", "6.weight", "8.weight"]
 
