@@ -21,7 +21,7 @@ console = Console(stderr=True)
 
 # Options shared by `train` and `compare`; None means "the dataset recipe's default".
 ModelOpt = typer.Option(None, "--model", help="mlp, cnn, resnet18, resnet50, wrn-22-2, vgg19")
-DatasetOpt = typer.Option("digits", "--dataset", help="digits (embedded), cifar10, cifar100 or npz:PATH")
+DatasetOpt = typer.Option("digits", "--dataset", help="digits (embedded), breast_cancer, wine, cifar10, cifar100 or npz:PATH")
 DataDirOpt = typer.Option(None, "--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs")
 BatchOpt = typer.Option(None, "--batch-size", help="mini-batch size")
@@ -36,7 +36,7 @@ KlOpt = typer.Option(None, "--kl", help="cigl-svi KL term: mc (Monte Carlo throu
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
 
 
-def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any) -> RunConfig:
+def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bool = False, **overrides: Any) -> RunConfig:
     """The dataset's recipe with the options the user gave, validated (names, device)."""
     names = {
         "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
@@ -48,7 +48,7 @@ def _config(method: str, dataset: str, seed: int, device: str, **overrides: Any)
     from .methods import validate
 
     config = recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
-    validate(config)
+    validate(config, regression_ok=regression_ok)
     return config
 
 
@@ -209,6 +209,58 @@ def ood(
     stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=metrics,
                                title=f"{dataset}, density {density}: OOD detection (MSP), mean ± std over seeds {seeds}"))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and a score histogram per run (OUT/<method>-s<seed>/ood_scores.png)")
+
+
+@app.command("dgp-compare")
+def dgp_compare(
+    dataset: str = typer.Option("all", "--dataset", help="comma-separated: gap-toy, diabetes, digits, breast_cancer, wine (or all)"),
+    method: str = typer.Option("cigl", "--method", help="the network's method (cigl, rigl-mcdrop, rigl-wdp, ...)"),
+    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds"),
+    model: Optional[str] = ModelOpt,
+    density: Optional[float] = typer.Option(None, "--density", help="fraction of weights kept, in (0, 1]"),
+    epochs: Optional[int] = EpochsOpt,
+    lr: Optional[float] = LrOpt,
+    drop_rate: Optional[float] = DropRateOpt,
+    mc_samples: int = typer.Option(50, "--mc-samples", help="random masks in the network's MC predictive"),
+    dgp_epochs: Optional[int] = typer.Option(None, "--dgp-epochs", help="deep-GP epochs (default: 200 regression / 100 classification, at least 2000 steps)"),
+    inducing: int = typer.Option(64, "--inducing", help="inducing points per deep-GP layer"),
+    device: str = DeviceOpt,
+    out: Path = typer.Option(Path("runs/dgp-compare"), "--out", help="output folder"),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Train the sparse network and a GPyTorch deep GP on the same split of each dataset; print the
+    side-by-side test scores; write OUT/<dataset>/comparison.{json,png} and OUT/comparison.md."""
+    import json
+
+    from .dgp.compare import COMPARE_DATASETS, compare_with_dgp
+    from .dgp.deep_gp import DGPConfig
+
+    names = list(COMPARE_DATASETS) if dataset.strip() == "all" else _split(dataset, str)
+    unknown = [n for n in names if n not in COMPARE_DATASETS]
+    if unknown or not names:
+        _fail(f"unknown --dataset {dataset!r}; choose from {', '.join(COMPARE_DATASETS)} or all")
+    seed_list = _split(seeds, int)
+    if not seed_list:
+        _fail("--seeds needs at least one value")
+    if mc_samples < 2:
+        _fail(f"--mc-samples must be >= 2, got {mc_samples}")
+    configs = {n: _guarded(_config, method, n, 0, device, regression_ok=True, model=model, density=density, epochs=epochs,
+                           lr=lr, drop_rate=drop_rate) for n in names}
+    dgp_config = _guarded(DGPConfig, epochs=dgp_epochs, num_inducing=inducing)
+    tables = []
+    for i, name in enumerate(names, 1):
+        console.print(f"[{i}/{len(names)}] {name}: {method} network and deep GP, seeds {seed_list}")
+        comparison = _guarded(compare_with_dgp, name, seed_list, configs[name], dgp_config, mc_samples, progress=progress)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2))
+        comparison.plot(folder / "comparison.png")
+        kernel = ", ".join(f"width {w}: {e:.3f}" for w, e in comparison.kernel_errors.items())
+        tables.append(f"{comparison.to_markdown()}\n\nMC-predictive NLL gap to the DGP: {100 * comparison.nll_gap():+.1f} %; "
+                      f"one-hidden-layer kernel vs arc-cosine, relative error: {kernel}\n")
+        typer.echo(tables[-1])
+    (out / "comparison.md").write_text("\n".join(tables))
+    typer.echo(f"wrote {out / 'comparison.md'} and OUT/<dataset>/comparison.json, comparison.png")
 
 
 @app.command()

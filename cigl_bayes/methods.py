@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .bayes import HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesModel, SyncLearnedKeep, prior_precision_for_weight_decay
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
-from .data import DATASET_NAMES, DataSplits, DeviceLoader, random_crop_flip
+from .data import DATASET_NAMES, REGRESSION_DATASET_NAMES, DataSplits, DeviceLoader, random_crop_flip
 from .models import MODEL_NAMES, build_model
 from .ood.moon import AlphaSchedule, MoonObjective
 from .sparse import DropSchedule, SparseNet, TopologyUpdater
@@ -69,15 +70,40 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def validate(config: RunConfig) -> None:
-    """Check names before anything is loaded or written."""
-    get_method(config.method)
+def validate(config: RunConfig, regression_ok: bool = False) -> None:
+    """Check names before anything is loaded or written.
+
+    Regression sets are refused unless ``regression_ok`` (``runner.run`` evaluates classifiers;
+    the deep-GP comparison evaluates regression predictives).
+    """
+    method = get_method(config.method)
     if config.model.name.lower() not in MODEL_NAMES:
         raise ValueError(f"unknown model {config.model.name!r}; choose one of: {', '.join(MODEL_NAMES)}")
-    if not (config.data.dataset in DATASET_NAMES or config.data.dataset.startswith(("npz:", "synthetic:"))):
+    if config.data.dataset in REGRESSION_DATASET_NAMES:
+        if not regression_ok:
+            raise ValueError(f"{config.data.dataset!r} is a regression set: train/compare/ood evaluate classifiers; "
+                             f"use `cigl-bayes dgp-compare --dataset {config.data.dataset}`")
+        check_regression_method(config.method, method)
+    elif not (config.data.dataset in DATASET_NAMES or config.data.dataset.startswith(("npz:", "synthetic:"))):
         raise ValueError(f"unknown dataset {config.data.dataset!r}; choose one of {', '.join(DATASET_NAMES)} or npz:PATH")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+
+
+def _handles_regression(method: Method) -> bool:
+    """Regression needs a real-valued output: no unknown class, temperature, softmax averaging or SVI."""
+    return not (method.unknown_class or method.temperature or method.svi or method.averaging == "predictions")
+
+
+def check_regression_method(name: str, method: Method) -> None:
+    if not _handles_regression(method):
+        supported = [k for k, m in METHODS.items() if _handles_regression(m)]
+        raise ValueError(f"method {name!r} is for classification only; for regression choose one of: {', '.join(supported)}")
+
+
+def squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of a one-output regression network (Gaussian likelihood, fixed noise)."""
+    return F.mse_loss(output.squeeze(-1), target)
 
 
 @dataclass
@@ -126,6 +152,8 @@ def assemble(
     ``extra_inputs`` (e.g. OOD sets) are predicted alongside val/test by prediction averaging.
     """
     method = get_method(config.method)
+    if data.is_regression:
+        check_regression_method(config.method, method)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     dropout = config.model.dropout if method.mc_dropout else 0.0
@@ -164,7 +192,8 @@ def assemble(
         averaging = SnapshotAveraging(model, start, data.x_train, batch_size=max(256, config.data.batch_size),
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
                                       eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})})
-    trainer = Trainer(model, optimizer, loader, optim.epochs, objective=objective, lr_scheduler=lr_scheduler, gate=gate,
+    trainer = Trainer(model, optimizer, loader, optim.epochs, loss_fn=squared_error if data.is_regression else F.cross_entropy,
+                      objective=objective, lr_scheduler=lr_scheduler, gate=gate,
                       hooks=[h for h in (extras.get("keep_sync"), averaging) if h is not None], step_wrapper=step_wrapper,
                       checkpoint_path=checkpoint_path, checkpoint_extra={"config": config.to_dict()},
                       progress=progress, description=config.method)

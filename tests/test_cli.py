@@ -260,3 +260,43 @@ def test_ood_command_writes_records_and_histograms(tmp_path):
         assert all(0.0 <= r[k] <= 1.0 for k in ("auroc", "fpr95", "aupr_in", "aupr_out", "accuracy", "ece"))
     assert (out / "moon-s0" / "ood_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean" in result.output and "auroc" in result.output
+
+
+DGP_TINY = ["--epochs", "2", "--dgp-epochs", "2", "--mc-samples", "3", "--inducing", "8", "--no-progress"]
+
+
+def test_dgp_compare_writes_tables_json_and_plots(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "dgp"
+    result = _invoke(runner, "dgp-compare", "--dataset", "wine,gap-toy", *DGP_TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("wine", "gap-toy"):
+        record = json.loads((out / name / "comparison.json").read_text())
+        assert set(record["summary"]) == {"cigl-mc", "cigl-wma", "dgp"}
+        assert record["config"]["network"]["optim"]["epochs"] == 2 and record["config"]["dgp"]["epochs"] == 2
+        assert (out / name / "comparison.png").stat().st_size > 10_000
+    table = (out / "comparison.md").read_text()
+    assert "| wine (classification" in table and "| gap-toy (regression" in table and "NLL gap to the DGP" in table
+
+
+DGP_BAD = [
+    (["--dataset", "iris"], "unknown --dataset 'iris'"),
+    (["--dataset", "diabetes", "--method", "moon"], "classification only"),
+    (["--dataset", "wine", "--density", "0"], "density must be in (0, 1]"),
+    (["--dataset", "wine", "--mc-samples", "1"], "--mc-samples"),
+    (["--dataset", "wine", "--seeds", "x"], "could not parse"),
+]
+
+
+@pytest.mark.parametrize("args,expected", DGP_BAD, ids=[e for _, e in DGP_BAD])
+def test_dgp_compare_bad_input_exits_2(args: list, expected: str, runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _invoke(runner, "dgp-compare", *DGP_TINY, *args, "--out", out)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and expected in line, line
+    assert not out.exists()
+
+
+def test_regression_set_in_train_names_dgp_compare(runner: CliRunner, tmp_path: Path) -> None:
+    result = _invoke(runner, "train", "--dataset", "diabetes", "--no-progress", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "dgp-compare --dataset diabetes" in result.stderr

@@ -1,4 +1,5 @@
-"""Dataset loading: scikit-learn digits, local CIFAR-10/100 pickles and user ``.npz`` files.
+"""Dataset loading: scikit-learn digits, local CIFAR-10/100 pickles, user ``.npz`` files, and the
+small tabular sets of :mod:`cigl_bayes.data.tabular` (breast_cancer, wine; regression: diabetes, gap-toy).
 
 Everything is returned as normalised CPU tensors in a :class:`DataSplits`; nothing is
 ever downloaded.  Splits are fixed by ``split_seed`` (independent of any training seed),
@@ -19,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DataError", "DataSplits", "DATASET_NAMES", "load_dataset", "DEFAULT_DATA_DIR_ENV"]
+__all__ = ["DataError", "DataSplits", "DATASET_NAMES", "REGRESSION_DATASET_NAMES", "load_dataset", "DEFAULT_DATA_DIR_ENV"]
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100")
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "breast_cancer", "wine")
+#: Regression sets: loaded by ``load_dataset`` (``task == "regression"``) for the deep-GP comparison.
+REGRESSION_DATASET_NAMES: tuple[str, ...] = ("diabetes", "gap-toy")
 #: Environment variable consulted for the CIFAR folder when ``data_dir`` is None (else ``./data``).
 DEFAULT_DATA_DIR_ENV = "CIGL_BAYES_DATA_DIR"
 _DIGITS_TEST_FRACTION = 0.3
@@ -35,7 +38,11 @@ class DataError(ValueError):
 
 @dataclass(repr=False)
 class DataSplits:
-    """Normalised train/val/test tensors (float32 features ``(N, *input_shape)``, int64 labels)."""
+    """Normalised train/val/test tensors (float32 features ``(N, *input_shape)``, int64 labels).
+
+    Regression sets (``task == "regression"``) hold float32 targets standardised with training
+    statistics (data units: ``y * target_std + target_mean``) and ``num_classes == 1`` (one output).
+    """
 
     name: str
     x_train: torch.Tensor
@@ -52,6 +59,13 @@ class DataSplits:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     raw_scale: float | None = None  # digits 16, CIFAR 255, npz 1
+    task: str = "classification"  # or "regression"
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "DataSplits":
         """Return a copy with all tensors moved to ``device``."""
@@ -98,12 +112,16 @@ def load_dataset(
         return _load_cifar(low, data_dir, val_fraction, int(split_seed))
     if low.startswith("synthetic:"):
         return _load_synthetic(key, int(split_seed))
+    if low in DATASET_NAMES[3:] + REGRESSION_DATASET_NAMES:
+        from .tabular import load_tabular
+
+        return load_tabular(low, float(val_fraction), int(split_seed))
     raise DataError(f"unknown dataset {name!r}; {_valid_names()}")
 
 
 def _valid_names() -> str:
     return (
-        "expected one of 'digits', 'cifar10', 'cifar100' or 'npz:PATH' "
+        f"expected one of {', '.join(map(repr, DATASET_NAMES + REGRESSION_DATASET_NAMES))} or 'npz:PATH' "
         "(a .npz file with arrays x_train, y_train, x_test, y_test and optionally x_val, y_val)"
     )
 

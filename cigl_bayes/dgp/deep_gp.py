@@ -42,6 +42,7 @@ TASKS = ("regression", "classification")
 KERNELS = ("matern", "rbf")
 MEANS = ("linear", "constant")
 DEFAULT_EPOCHS = {"regression": 200, "classification": 100}
+MIN_DEFAULT_STEPS = 2000  # small data: default epochs grow until this many optimiser steps
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -160,7 +161,8 @@ class DeepGPModel(DeepGP):
 class DGPConfig:
     """How to build and train a deep GP; ``None`` fields take task-dependent defaults.
 
-    ``epochs``: 200 for regression, 100 for classification. ``num_latent``: the number of latent GPs
+    ``epochs``: 200 for regression, 100 for classification, or more on small data (at least 2000
+    optimiser steps in all). ``num_latent``: the number of latent GPs
     feeding the softmax (default: the number of classes). ``num_classes``: default ``max(y) + 1``.
     ``device``: ``None``/"auto" picks CUDA when available. ``standardize_x`` / ``standardize_y``
     train on z-scored inputs / regression targets (predictions come back in the original units).
@@ -208,9 +210,12 @@ class DGPConfig:
         if self.device not in (None, "auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(f"device must be None, 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
-    @property
-    def num_epochs(self) -> int:
-        return int(self.epochs) if self.epochs is not None else DEFAULT_EPOCHS[self.task]
+    def num_epochs(self, num_data: int) -> int:
+        """``epochs``, or the task default raised to at least ``MIN_DEFAULT_STEPS`` steps on ``num_data`` points."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        steps_per_epoch = math.ceil(num_data / self.batch_size)
+        return max(DEFAULT_EPOCHS[self.task], math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))
 
     def torch_device(self) -> torch.device:
         if self.device in (None, "auto"):
@@ -317,7 +322,7 @@ def fit_deep_gp(x_train: Any, y_train: Any, config: DGPConfig | None = None, pro
     """Train a deep GP on ``(x_train, y_train)`` (inputs flattened to ``(N, D)``) and return it.
 
     Mini-batch Adam on the negative ``DeepApproximateMLL(VariationalELBO(likelihood, model,
-    num_data=N))`` with ``config.num_likelihood_samples`` samples per step, ``config.num_epochs``
+    num_data=N))`` with ``config.num_likelihood_samples`` samples per step, ``config.num_epochs(N)``
     epochs, and a rich progress bar (``progress=False`` to silence it).
     """
     config = config or DGPConfig()
@@ -384,7 +389,7 @@ def fit_deep_gp(x_train: Any, y_train: Any, config: DGPConfig | None = None, pro
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    epochs = config.num_epochs
+    epochs = config.num_epochs(n)
     losses: list[float] = []
     columns = (
         TextColumn("[bold]deep GP[/bold] {task.fields[kind]}"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import ExitStack
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,15 +33,15 @@ def _arviz() -> Any:
 
 
 @torch.no_grad()
-def mc_class_probs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024) -> Tensor:
-    """Per-draw class probabilities ``softmax(f(x; W_s))``, shape ``(draws, N, K)`` (not averaged).
+def mc_outputs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024, link: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Per-draw outputs ``link(f(x; W_s))`` (identity by default), shape ``(draws, N, outputs)``.
 
     Same stochasticity and draw order as ``cigl_bayes.evaluate.mc_predict_probs``: eval mode
-    (BatchNorm running statistics), fresh ``SparseNet`` random masks and active ``nn.Dropout``;
-    so with the same generator state the mean over draws equals ``mc_predict_probs``.
+    (BatchNorm running statistics), fresh ``SparseNet`` random masks and active ``nn.Dropout``.
     """
     if draws < 1:
         raise ValueError(f"MC draws must be >= 1, got {draws}")
+    link = link or (lambda out: out)
     was_training = model.training
     model.eval()
     dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
@@ -52,10 +53,16 @@ def mc_class_probs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 10
             for m in dropouts:
                 m.train()
             for _ in range(draws):
-                out.append(torch.cat([model(b).softmax(-1) for b in batches_of(x, batch_size)]))
+                out.append(torch.cat([link(model(b)) for b in batches_of(x, batch_size)]))
     finally:
         model.train(was_training)  # restores dropout modules too
     return torch.stack(out)
+
+
+def mc_class_probs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024) -> Tensor:
+    """Per-draw class probabilities ``softmax(f(x; W_s))``, shape ``(draws, N, K)`` (not averaged);
+    with the same generator state their mean equals ``mc_predict_probs``."""
+    return mc_outputs(model, x, draws, batch_size, link=lambda logits: logits.softmax(-1))
 
 
 def _as_numpy(a: Tensor | np.ndarray) -> np.ndarray:

@@ -42,9 +42,9 @@ def check_image_shape(input_shape: Sequence[int], model: str, min_hw: int = 1) -
 
 
 def check_num_classes(num_classes: int) -> int:
-    """Return ``num_classes`` if it is an int >= 2, else raise ``ValueError``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    """Return ``num_classes`` (the number of outputs: 1 for a regression head) if it is an int >= 1."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes (outputs) must be an int >= 1, got {num_classes!r}")
     return num_classes
 
 

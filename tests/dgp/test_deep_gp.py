@@ -87,9 +87,10 @@ def test_inputs_are_flattened_and_progress_bar_runs():
 def test_defaults():
     reg, clf = DGPConfig(), DGPConfig(task="classification")
     assert reg.hidden_dims == (4,) and reg.num_inducing == 64 and reg.lr == 0.01 and reg.batch_size == 256
-    assert reg.num_epochs == 200 and clf.num_epochs == 100
+    assert reg.num_epochs(100_000) == 200 and clf.num_epochs(100_000) == 100
+    assert reg.num_epochs(341) == 1000  # 2 steps per epoch: raised to 2000 optimiser steps
     assert reg.num_likelihood_samples == 8 and reg.num_predict_samples == 32
-    assert DGPConfig(epochs=5).num_epochs == 5
+    assert DGPConfig(epochs=5).num_epochs(341) == 5
     assert DGPConfig(device="cpu").torch_device().type == "cpu"
 
 

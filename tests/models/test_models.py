@@ -227,7 +227,7 @@ def test_name_is_case_insensitive() -> None:
         ({"name": "mlp", "input_shape": ()}, "input_shape"),
         ({"name": "mlp", "input_shape": (0, 4)}, "input_shape"),
         ({"name": "mlp", "input_shape": 5}, "input_shape"),
-        ({"name": "mlp", "num_classes": 1}, "num_classes"),
+        ({"name": "mlp", "num_classes": 2.0}, "num_classes"),
         ({"name": "cnn", "num_classes": 0}, "num_classes"),
         ({"name": "mlp", "dropout": 1.0}, r"\[0, 1\)"),
         ({"name": "mlp", "dropout": -0.1}, r"\[0, 1\)"),
