@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .data.datasets import REGRESSION_DATASET_NAMES, TABULAR_DATASET_NAMES
 from .sparse.density import DISTRIBUTIONS, check_density
 from .train.optim import LR_SCHEDULES
 
@@ -189,9 +190,6 @@ class RunConfig:
         return replace(self, **top, **sections)
 
 
-TABULAR_SETS = ("breast_cancer", "wine", "diabetes", "gap-toy")
-
-
 def recipe(dataset: str) -> RunConfig:
     """Default configuration for ``dataset``.
 
@@ -201,8 +199,8 @@ def recipe(dataset: str) -> RunConfig:
     Tabular sets (breast_cancer, wine, diabetes, gap-toy): an MLP, batch 32, 200 epochs; the
     regression sets at lr 0.005 (squared error on a BN-MLP's correlated features diverges at 0.05).
     """
-    if dataset in TABULAR_SETS:
-        regression = dataset in ("diabetes", "gap-toy")
+    if dataset in TABULAR_DATASET_NAMES:
+        regression = dataset in REGRESSION_DATASET_NAMES
         return RunConfig(
             data=DataConfig(dataset=dataset, batch_size=32),
             model=ModelConfig(name="mlp"),

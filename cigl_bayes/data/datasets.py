@@ -22,9 +22,12 @@ import torch
 
 __all__ = ["DataError", "DataSplits", "DATASET_NAMES", "REGRESSION_DATASET_NAMES", "load_dataset", "DEFAULT_DATA_DIR_ENV"]
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "breast_cancer", "wine")
-#: Regression sets: loaded by ``load_dataset`` (``task == "regression"``) for the deep-GP comparison.
+#: Small tabular sets (:mod:`cigl_bayes.data.tabular`); the regression ones (``task == "regression"``)
+#: serve the deep-GP comparison.
+TABULAR_CLASSIFICATION_NAMES: tuple[str, ...] = ("breast_cancer", "wine")
 REGRESSION_DATASET_NAMES: tuple[str, ...] = ("diabetes", "gap-toy")
+TABULAR_DATASET_NAMES = TABULAR_CLASSIFICATION_NAMES + REGRESSION_DATASET_NAMES
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", *TABULAR_CLASSIFICATION_NAMES)
 #: Environment variable consulted for the CIFAR folder when ``data_dir`` is None (else ``./data``).
 DEFAULT_DATA_DIR_ENV = "CIGL_BAYES_DATA_DIR"
 _DIGITS_TEST_FRACTION = 0.3
@@ -112,7 +115,7 @@ def load_dataset(
         return _load_cifar(low, data_dir, val_fraction, int(split_seed))
     if low.startswith("synthetic:"):
         return _load_synthetic(key, int(split_seed))
-    if low in DATASET_NAMES[3:] + REGRESSION_DATASET_NAMES:
+    if low in TABULAR_DATASET_NAMES:
         from .tabular import load_tabular
 
         return load_tabular(low, float(val_fraction), int(split_seed))

@@ -16,10 +16,18 @@ import dataclasses
 import numpy as np
 import torch
 
-from .datasets import DataError, DataSplits, _make_splits, _round_half_up, _stratified_take, _train_stats, _standardise
+from .datasets import (
+    REGRESSION_DATASET_NAMES,
+    TABULAR_DATASET_NAMES,
+    DataError,
+    DataSplits,
+    _make_splits,
+    _round_half_up,
+    _standardise,
+    _stratified_take,
+    _train_stats,
+)
 
-CLASSIFICATION_SETS: tuple[str, ...] = ("breast_cancer", "wine")
-REGRESSION_SETS: tuple[str, ...] = ("diabetes", "gap-toy")
 TEST_FRACTION = 0.3
 
 #: The gap toy: x on [-2, -0.5] U [0.5, 2] for training, test on the whole of [-2, 2].
@@ -34,20 +42,20 @@ def gap_toy_function(x: np.ndarray) -> np.ndarray:
 
 
 def load_tabular(name: str, val_fraction: float, split_seed: int) -> DataSplits:
-    """Load one of ``CLASSIFICATION_SETS`` / ``REGRESSION_SETS`` (see module docstring)."""
+    """Load one of ``TABULAR_DATASET_NAMES`` (see module docstring)."""
     if name == "gap-toy":
         return _gap_toy(split_seed)
     from sklearn import datasets as sk  # files shipped with scikit-learn: nothing is downloaded
 
     loaders = {"breast_cancer": sk.load_breast_cancer, "wine": sk.load_wine, "diabetes": sk.load_diabetes}
     if name not in loaders:
-        raise DataError(f"unknown tabular dataset {name!r}; choose one of {', '.join((*CLASSIFICATION_SETS, *REGRESSION_SETS))}")
+        raise DataError(f"unknown tabular dataset {name!r}; choose one of {', '.join(TABULAR_DATASET_NAMES)}")
     bunch = loaders[name]()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target)
     rng = np.random.default_rng(split_seed)
     n = len(y)
-    regression = name in REGRESSION_SETS
+    regression = name in REGRESSION_DATASET_NAMES
     strata = np.zeros(n, dtype=np.int64) if regression else y  # one stratum: a plain random split
     rest, test = _stratified_take(strata, _round_half_up(TEST_FRACTION * n), rng)
     train_rel, val_rel = _stratified_take(strata[rest], max(1, _round_half_up(val_fraction * n)), rng)

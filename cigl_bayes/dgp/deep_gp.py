@@ -273,10 +273,11 @@ class FittedDGP:
         Regression: ``mean`` (N,), ``variance`` (N,) of the Gaussian mixture (mean of the sample
         variances + variance of the sample means, observation noise included), ``sample_means`` and
         ``sample_variances`` (S, N). Classification: ``probs`` (N, K) averaged over samples and
-        ``sample_probs`` (S, N, K).
+        ``sample_probs`` (S, N, K). Points are predicted ``batch_size`` (default 128) at a time; a
+        batch is sampled jointly (cost ~ batch³), which leaves each point's marginal unchanged.
         """
         samples = int(num_samples or self.config.num_predict_samples)
-        batch = int(batch_size or max(self.config.batch_size, 1024))
+        batch = int(batch_size or 128)  # points in a batch are sampled jointly: cost ~ batch^3
         xs = self._prepare(x)
         self.model.eval()
         self.likelihood.eval()

@@ -67,9 +67,10 @@ def _plot_curves(ax: "Axes", comparison: "DGPComparison") -> None:
 
 def _plot_uncertainty_scatter(ax: "Axes", comparison: "DGPComparison") -> None:
     net, dgp = comparison.predictives["cigl-mc"]["test"], comparison.predictives["dgp"]["test"]
-    a, b = net.uncertainty().numpy(), dgp.uncertainty().numpy()
+    floor = 1e-12  # near-certain points: shown at the floor of the log axes
+    a, b = net.uncertainty().clamp_min(floor).numpy(), dgp.uncertainty().clamp_min(floor).numpy()
     ax.scatter(b, a, s=8, alpha=0.6)
-    floor = max(min(a.min(), b.min()), 1e-6)
+    floor = min(a.min(), b.min())
     top = max(a.max(), b.max())
     ax.plot([floor, top], [floor, top], linestyle="--", color="gray", linewidth=1.0)
     ax.set_xscale("log")

@@ -21,8 +21,9 @@ def write_diagnostic_plots(idata: Any, out_dir: str | Path, prefix: str = "") ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    draws = idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
     plots = {
-        "ppc": lambda: az.plot_ppc(idata, data_pairs={"y": "y"}, kind="kde", num_pp_samples=50, random_seed=0),
+        "ppc": lambda: az.plot_ppc(idata, data_pairs={"y": "y"}, kind="kde", num_pp_samples=min(50, draws), random_seed=0),
         "loo_pit": lambda: az.plot_loo_pit(idata, y="y"),
     }
     for name, draw in plots.items():

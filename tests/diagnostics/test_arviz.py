@@ -110,6 +110,8 @@ def test_write_diagnostic_plots(tmp_path) -> None:
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []
+    few, y = smooth_probs(1, 10, 30, 3, noise=0.3)  # fewer draws than the 50 PPC curves drawn by default
+    assert all(p.is_file() for p in write_diagnostic_plots(to_inference_data(few, y), tmp_path / "few"))
 
 
 def tiny_sparse_net() -> tuple[SparseNet, torch.Tensor, torch.Tensor]:
