@@ -34,6 +34,8 @@ LearnKeepOpt = typer.Option(None, "--learn-keep/--fixed-keep", help="cigl-svi: l
 MoonWarmupOpt = typer.Option(None, "--moon-warmup", help="MOON: epochs of plain cross-entropy before the re-weighted loss (5)")
 KlOpt = typer.Option(None, "--kl", help="cigl-svi KL term: mc (Monte Carlo through Trace_ELBO) or gal (closed form)")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32, or bf16 (training forward and loss under torch.autocast)")
+CompileOpt = typer.Option(None, "--compile/--no-compile", help="train through torch.compile(model) (methods without their own objective)")
 
 
 def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bool = False, **overrides: Any) -> RunConfig:
@@ -42,7 +44,7 @@ def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bo
         "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
         "lr": "optim__lr", "density": "sparsity__density", "distribution": "sparsity__distribution",
         "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate", "kl": "bayes__kl",
-        "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep",
+        "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep", "precision": "precision", "compile": "compile",
     }
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
     from .methods import validate
@@ -81,6 +83,8 @@ def train(
     kl: Optional[str] = KlOpt,
     learn_keep: Optional[bool] = LearnKeepOpt,
     moon_warmup: Optional[int] = MoonWarmupOpt,
+    precision: Optional[str] = PrecisionOpt,
+    compile_model: Optional[bool] = CompileOpt,
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/train"), "--out", help="output folder"),
@@ -93,7 +97,7 @@ def train(
     config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
                       update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
-                      learn_keep=learn_keep)
+                      learn_keep=learn_keep, precision=precision, compile=compile_model)
     record = _guarded(run, config, out, progress=progress, resume=resume)
     keys = ("accuracy", "ece", "nll", "brier")
     typer.echo(f"{method} on {dataset}: " + ", ".join(f"{k} {record[k]:.4f}" for k in keys) + f"  -> {out / 'metrics.json'}")
@@ -122,6 +126,8 @@ def compare(
     drop_rate: Optional[float] = DropRateOpt,
     kl: Optional[str] = KlOpt,
     learn_keep: Optional[bool] = LearnKeepOpt,
+    precision: Optional[str] = PrecisionOpt,
+    compile_model: Optional[bool] = CompileOpt,
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
@@ -135,7 +141,8 @@ def compare(
     if not (method_list and density_list and seed_list):
         _fail("--methods, --densities and --seeds each need at least one value")
     common = dict(model=model, data_dir=data_dir, distribution=distribution, epochs=epochs, batch_size=batch_size,
-                  lr=lr, update_every=update_every, drop_rate=drop_rate, kl=kl, learn_keep=learn_keep)
+                  lr=lr, update_every=update_every, drop_rate=drop_rate, kl=kl, learn_keep=learn_keep, precision=precision,
+                  compile=compile_model)
     configs = []
     for name in method_list:
         for density in ([1.0] if name in METHODS and not METHODS[name].sparse else density_list):

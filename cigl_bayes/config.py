@@ -15,6 +15,9 @@ from .sparse.density import DISTRIBUTIONS, check_density
 from .train.optim import LR_SCHEDULES
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -157,6 +160,8 @@ class RunConfig:
     method: str = "cigl"
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"   # or "bf16": forward and loss under torch.autocast(bfloat16) in training
+    compile: bool = False     # train through torch.compile(model) (plain-loss methods)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
@@ -166,6 +171,9 @@ class RunConfig:
     bayes: BayesConfig = field(default_factory=BayesConfig)
     moon: MoonConfig = field(default_factory=MoonConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

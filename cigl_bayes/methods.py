@@ -192,8 +192,12 @@ def assemble(
         averaging = SnapshotAveraging(model, start, data.x_train, batch_size=max(256, config.data.batch_size),
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
                                       eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})})
+    if config.compile and objective is not None:
+        raise ValueError(f"--compile covers methods trained on a plain loss; {config.method!r} has its own objective")
     trainer = Trainer(model, optimizer, loader, optim.epochs, loss_fn=squared_error if data.is_regression else F.cross_entropy,
                       objective=objective, lr_scheduler=lr_scheduler, gate=gate,
+                      forward_model=torch.compile(model) if config.compile else None,
+                      autocast=torch.bfloat16 if config.precision == "bf16" else None,
                       hooks=[h for h in (extras.get("keep_sync"), averaging) if h is not None], step_wrapper=step_wrapper,
                       checkpoint_path=checkpoint_path, checkpoint_extra={"config": config.to_dict()},
                       progress=progress, description=config.method)

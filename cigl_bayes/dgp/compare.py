@@ -250,7 +250,7 @@ def compare_with_dgp(
         for row, preds in predictives.items():
             test = preds["test"]
             row_scores = test.scores(data.y_test.cpu(), data.target_std)
-            if dataset == "gap-toy":
+            if dataset == "gap-toy":  # (1 for WMA: one fitted noise, a constant variance)
                 row_scores["gap_variance_ratio"] = _gap_variance_ratio(data.x_test, test.uncertainty(), data)
             if row == NET_MC or (row == NET_WMA and not data.is_regression):  # WMA regression: constant variance
                 row_scores["spearman"] = _spearman(test.uncertainty(), reference)

@@ -70,6 +70,8 @@ class Trainer:
             checkpoints and evaluation still use ``model``.
         grad_reducer: called after ``backward`` and before the gate/step (e.g. an all-reduce
             of the gradients when the forward does not go through DDP).
+        autocast: a dtype (``torch.bfloat16``) to run the forward and loss of training steps under
+            ``torch.autocast``; parameters, gradients and optimiser state stay float32.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Trainer:
         description: str = "training",
         forward_model: nn.Module | None = None,
         grad_reducer: Callable[[], Any] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -112,6 +115,7 @@ class Trainer:
         self.description = description
         self.forward_model = forward_model
         self.grad_reducer = grad_reducer
+        self.autocast = autocast
         self.epoch = 0
         self.history = History()
 
@@ -120,7 +124,8 @@ class Trainer:
         """One optimisation step; returns the detached loss (no host sync)."""
         self.model.train()
         forward = self.forward_model if self.forward_model is not None else self.model
-        loss = self.objective(x, y) if self.objective is not None else self.loss_fn(forward(x), y)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            loss = self.objective(x, y) if self.objective is not None else self.loss_fn(forward(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_reducer is not None:

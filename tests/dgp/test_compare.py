@@ -84,7 +84,8 @@ def test_regression_comparison_scores_in_data_units(tmp_path) -> None:
     y = data.y_test.double() * data.target_std + data.target_mean
     nll = -mixture_log_density(y, test.means * data.target_std + data.target_mean, test.variances * data.target_std**2).mean()
     assert c.scores[NET_MC][0]["nll"] == pytest.approx(float(nll), rel=1e-9)
-    assert c.scores[NET_MC][0]["gap_variance_ratio"] > 0 and "spearman" not in c.scores[NET_WMA][0]
+    assert c.scores[NET_MC][0]["gap_variance_ratio"] > 0 and c.scores[DGP][0]["gap_variance_ratio"] > 0
+    assert "spearman" not in c.scores[NET_WMA][0] and c.scores[NET_WMA][0]["gap_variance_ratio"] == pytest.approx(1.0)
     assert c.predictives[DGP]["grid"].means.shape[1] == c.grid_x.numel()
     assert c.plot(tmp_path / "toy.png").is_file()
     assert c.kernel_errors == {}
