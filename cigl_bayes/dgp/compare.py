@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,10 +97,10 @@ def _network_predictives(parts: Any, data: DataSplits, inputs: dict[str, Tensor]
     from ..evaluate import predict_logits
     from ..runner import final_model
 
-    averaged = final_model(parts)
+    averaged, sets = final_model(parts), {"val": data.x_val, **inputs}
     link = None if data.is_regression else (lambda logits: logits.softmax(-1))
-    mc = {k: mc_outputs(parts.model, x, mc_samples, link=link).cpu() for k, x in {"val": data.x_val, **inputs}.items()}
-    point = {k: predict_logits(averaged, x).cpu()[None] for k, x in {"val": data.x_val, **inputs}.items()}
+    mc = {k: mc_outputs(parts.model, x, mc_samples, link=link).cpu() for k, x in sets.items()}
+    point = {k: predict_logits(averaged, x).cpu()[None] for k, x in sets.items()}
     if not data.is_regression:
         return {NET_MC: {k: Predictive(probs=v) for k, v in mc.items() if k != "val"},
                 NET_WMA: {k: Predictive(probs=v.softmax(-1)) for k, v in point.items() if k != "val"}}
@@ -260,5 +260,5 @@ def compare_with_dgp(
     keep = 1.0 - config.random_mask.drop_rate
     kernel = kernel_relative_errors(data.x_test, kernel_widths, keep=keep) if kernel_widths else {}
     return DGPComparison(dataset, task, scores, kernel, kept, data.to("cpu"),
-                         config={"network": config.to_dict(), "dgp": {k: v for k, v in vars(dgp_config).items()}, "mc_samples": mc_samples,
+                         config={"network": config.to_dict(), "dgp": asdict(dgp_config), "mc_samples": mc_samples,
                                  "seeds": [int(s) for s in seeds]}, grid_x=grid_x)
