@@ -16,6 +16,7 @@ cross-entropy) gives :math:`\alpha_0 = \beta/\rho`, which rises linearly by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,6 +52,10 @@ class AlphaSchedule:
         rho: divisor of the warm-up EWMA giving :math:`\\alpha_0` (64).
         alpha_final: value reached at the last epoch (1.0).
         ewma: :math:`\\mu`, the EWMA rate (0.05); the EWMA starts at the first observation.
+
+    ``reduce_stat`` (set by ``cigl_bayes.train.distributed.distribute``) averages each batch
+    statistic :math:`s_t` in place over data-parallel ranks, so every rank keeps the EWMA of
+    the global batch (the same :math:`\\alpha` as one process on the combined batch).
     """
 
     def __init__(self, warmup_epochs: int, epochs: int, rho: float = 64.0, alpha_final: float = 1.0, ewma: float = 0.05) -> None:
@@ -62,6 +67,7 @@ class AlphaSchedule:
         self.warmup_epochs, self.epochs = warmup_epochs, epochs
         self.rho, self.alpha_final, self.ewma = rho, alpha_final, ewma
         self.beta: Tensor | None = None
+        self.reduce_stat: Callable[[list[Tensor]], None] | None = None
 
     def observe(self, logits: Tensor, targets: Tensor) -> None:
         """Fold :math:`s_t = \\mathrm{mean}_i (1 - q_i) h_i` of a warm-up batch into the EWMA."""
@@ -70,6 +76,8 @@ class AlphaSchedule:
             h = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
             q = log_probs[:, -1].exp().clamp(max=Q_MAX)
             s = ((1.0 - q) * h).mean()
+            if self.reduce_stat is not None:
+                self.reduce_stat([s])
             self.beta = s.clone() if self.beta is None else torch.lerp(self.beta, s, self.ewma)
 
     def alpha(self, epoch: int) -> Tensor:

@@ -157,7 +157,7 @@ def distribute(parts: Any) -> Any:
 
     Shards its loader, broadcasts the model from rank 0, reduces RigL's growth gradients,
     routes the training forward through DDP (or all-reduces gradients after ``backward`` for
-    objective-based methods), and lets only rank 0 write checkpoints. A no-op (returns
+    objective-based methods, and MOON's batch statistic), and lets only rank 0 write checkpoints. A no-op (returns
     ``parts`` unchanged) without a multi-rank process group.
     """
     if not is_distributed():
@@ -176,6 +176,9 @@ def distribute(parts: Any) -> Any:
             all_reduce_mean_([p.grad for p in params if p.grad is not None])
 
         trainer.grad_reducer = reduce_all
+        schedule = getattr(trainer.objective, "schedule", None)
+        if hasattr(schedule, "reduce_stat"):  # MOON: the alpha tuner's EWMA sees the global batch
+            schedule.reduce_stat = all_reduce_mean_
     if not is_main_process():
         trainer.checkpoint_path = None
         trainer.progress = False

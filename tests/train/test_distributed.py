@@ -2,9 +2,12 @@
 
 A tiny BatchNorm-free sparse MLP is trained with CigL's parts (SparseNet + RandomMask +
 RigL TopologyUpdater, updates every 2 steps) through the real ``Trainer`` made distributed by
-``cigl_bayes.train.distributed.distribute``. Both ranks must end with bit-identical supports,
-weights and momentum, equal (up to float rounding) to a single-process run over the same
-global batches. Float64 keeps RigL's top-k selections away from rounding ties.
+``cigl_bayes.train.distributed.distribute`` -- on cross-entropy (through DDP), on MOON's
+objective (alpha tuned from a reduced batch statistic) and on the SVI objective ``-ELBO/N``
+(gradients all-reduced; guide draws identical on every rank). Both ranks must end with
+bit-identical supports, weights and momentum, equal (up to float rounding) to a
+single-process run over the same global batches. Float64 keeps RigL's top-k selections
+away from rounding ties.
 """
 
 from __future__ import annotations
@@ -20,31 +23,48 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from cigl_bayes.bayes import HierarchicalGuide, NegativeELBO, SparseBayesModel
 from cigl_bayes.cigl import RandomMask
+from cigl_bayes.ood.moon import AlphaSchedule, MoonObjective
 from cigl_bayes.data import DeviceLoader
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater
 from cigl_bayes.train import Trainer
 from cigl_bayes.train.distributed import all_reduce_mean_, distribute, is_distributed, rank, world_size
 
-EPOCHS, BATCH = 2, 16
+EPOCHS, BATCH, N = 2, 16, 64
+OBJECTIVES = ("cross-entropy", "moon", "svi")
 
 
-def _train(world: int, rank_: int) -> dict[str, object]:
+def _objective(kind: str, net: SparseNet, steps_per_epoch: int):
+    if kind == "moon":  # one warm-up epoch, then the re-weighted loss with a non-trivial alpha
+        return MoonObjective(net, AlphaSchedule(warmup_epochs=1, epochs=EPOCHS, rho=1.0, alpha_final=4.0), steps_per_epoch)
+    if kind == "svi":
+        model = SparseBayesModel(net, N, prior_precision=1.0, keep=0.9, kl="mc")
+        return NegativeELBO(model, HierarchicalGuide(net, keep=0.9, kl="mc"), N)
+    return None
+
+
+def _train(world: int, rank_: int, kind: str = "cross-entropy") -> dict[str, object]:
     """Build and train the tiny CigL run; returns its final state (the same code on every rank)."""
     torch.manual_seed(0)
-    x = torch.randn(64, 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (64,))
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).double()
+    x = torch.randn(N, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (N,))
+    outputs = 4 if kind == "moon" else 3  # MOON: K + 1 outputs
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, outputs)).double()
     net = SparseNet(model, density=0.4, distribution="erk", random_mask=RandomMask(0.1, seed=3), seed=1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     loader = DeviceLoader(x, y, BATCH, shuffle=True, drop_last=True, seed=2)
     total = EPOCHS * len(loader)
     gate = TopologyUpdater(net, optimizer, DropSchedule.for_run(total, update_every=2, drop_fraction=0.5, end_fraction=1.0))
-    trainer = Trainer(net, optimizer, loader, EPOCHS, gate=gate, progress=False)
+    objective = _objective(kind, net, len(loader))
+    trainer = Trainer(net, optimizer, loader, EPOCHS, objective=objective, gate=gate, progress=False)
     distribute(SimpleNamespace(model=net, trainer=trainer))
     if world > 1:
-        assert is_distributed() and trainer.forward_model is not net and gate.reduce_grads is all_reduce_mean_
+        assert is_distributed() and gate.reduce_grads is all_reduce_mean_
+        assert (trainer.forward_model is not net) if objective is None else (trainer.grad_reducer is not None)
         assert loader.world_size == world and loader.rank == rank_
+        if kind == "moon":
+            assert objective.schedule.reduce_stat is all_reduce_mean_
     trainer.fit()
     return {
         "support": net.support.flat.clone(),
@@ -52,16 +72,17 @@ def _train(world: int, rank_: int) -> dict[str, object]:
         "momentum": [optimizer.state[p]["momentum_buffer"].clone() for p in net.parameters()],
         "updates_done": gate.updates_done,
         "steps": gate.step,
+        "beta": objective.schedule.beta.clone() if kind == "moon" else None,
     }
 
 
-def _worker(rank_: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank_: int, world: int, port: int, out_dir: str, kind: str) -> None:
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank_, world_size=world)
     try:
         assert rank() == rank_ and world_size() == world
-        torch.save(_train(world, rank_), Path(out_dir) / f"rank{rank_}.pt")
+        torch.save(_train(world, rank_, kind), Path(out_dir) / f"rank{rank_}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -73,11 +94,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", OBJECTIVES)
+def test_two_ranks_match_each_other_and_one_process(kind: str, tmp_path: Path) -> None:
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), kind), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    single = _train(1, 0)
+    single = _train(1, 0, kind)
 
     assert single["updates_done"] >= 3  # RigL drop/grow really happened (steps 2, 4, 6)
     for state in ranks:
@@ -96,6 +118,9 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(a["weights"][k], single["weights"][k], atol=1e-5, rtol=0)
     for ma, ms in zip(a["momentum"], single["momentum"]):
         torch.testing.assert_close(ma, ms, atol=1e-5, rtol=0)
+    if kind == "moon":  # the alpha tuner saw the global batches
+        assert torch.equal(a["beta"], b["beta"])
+        torch.testing.assert_close(a["beta"], single["beta"], atol=1e-10, rtol=0)
     # training moved the weights and the support (not a vacuous comparison)
     torch.manual_seed(0)
     start = SparseNet(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).double(),
