@@ -18,9 +18,11 @@ model state (parameters, support, BN buffers) from rank 0. Then, per step:
 With a loss that is a mean over examples and equal shards, one step on ``world_size`` ranks
 equals one single-process step on the global batch, except for BatchNorm: each rank normalises
 with the statistics of its own shard (and running statistics are copied from rank 0 at each
-forward, DDP's default buffer sync). Convert BN to ``nn.SyncBatchNorm`` (CUDA) for exact
-equivalence. Objectives that do not call the model's forward (SVI's ``-ELBO``, MOON) use an
-explicit gradient all-reduce after ``backward`` instead of DDP (same result, no overlap).
+forward, DDP's default buffer sync). On CUDA ``distribute`` therefore converts BN layers to
+``nn.SyncBatchNorm`` (statistics of the global batch; ``sync_batchnorm=False`` opts out);
+PyTorch's SyncBatchNorm has no CPU kernel, so CPU ranks keep per-shard statistics.
+Objectives that do not call the model's forward (SVI's ``-ELBO``, MOON) use an explicit
+gradient all-reduce after ``backward`` instead of DDP (same result, no overlap).
 The training-loss history stays rank-local (each rank's shard).
 """
 
@@ -38,6 +40,7 @@ __all__ = [
     "all_reduce_mean_",
     "broadcast_module_",
     "broadcast_support_",
+    "convert_sync_batchnorm_",
     "distribute",
     "init_from_env",
     "is_distributed",
@@ -152,16 +155,38 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def distribute(parts: Any) -> Any:
+def convert_sync_batchnorm_(model: nn.Module) -> int:
+    """Replace every BatchNorm layer inside ``model`` by ``nn.SyncBatchNorm`` in place; returns the
+    count. The new layers hold the *same* parameter and buffer tensors, so optimisers, averaging
+    and checkpoints keep working; outside training (or without a process group) they compute
+    exactly what the old layers did."""
+    count = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+            count += 1
+        else:
+            count += convert_sync_batchnorm_(child)
+    return count
+
+
+def distribute(parts: Any, sync_batchnorm: bool | None = None) -> Any:
     """Make an ``Assembled`` run (``cigl_bayes.methods.assemble``) data-parallel, in place.
 
     Shards its loader, broadcasts the model from rank 0, reduces RigL's growth gradients,
     routes the training forward through DDP (or all-reduces gradients after ``backward`` for
-    objective-based methods, and MOON's batch statistic), and lets only rank 0 write checkpoints. A no-op (returns
-    ``parts`` unchanged) without a multi-rank process group.
+    objective-based methods, and MOON's batch statistic), and lets only rank 0 write checkpoints.
+    ``sync_batchnorm`` (default: on for CUDA models) converts BN layers to ``nn.SyncBatchNorm``;
+    requesting it on CPU is an error. A no-op (returns ``parts`` unchanged) without a multi-rank
+    process group.
     """
+    on_cuda = next(parts.model.parameters()).device.type == "cuda"
+    if sync_batchnorm and not on_cuda:
+        raise ValueError("SyncBatchNorm needs CUDA tensors (PyTorch has no CPU kernel); use sync_batchnorm=False on CPU")
     if not is_distributed():
         return parts
+    if sync_batchnorm or (sync_batchnorm is None and on_cuda):
+        convert_sync_batchnorm_(parts.model)
     trainer = parts.trainer
     trainer.loader.set_shard(rank(), world_size())
     broadcast_module_(parts.model)

@@ -145,3 +145,26 @@ def test_helpers_are_no_ops_without_a_process_group() -> None:
     t = torch.ones(3)
     all_reduce_mean_([t])
     assert torch.equal(t, torch.ones(3)) and not is_distributed() and rank() == 0 and world_size() == 1
+
+
+def test_sync_batchnorm_conversion_keeps_parameters_and_eval_outputs(tiny_config, digits_data) -> None:
+    """The layers DDP on CUDA switches to SyncBatchNorm share the original tensors, so the optimiser,
+    averaging and checkpoints are untouched, and eval-mode outputs do not change."""
+    from cigl_bayes.methods import assemble
+    from cigl_bayes.train.distributed import convert_sync_batchnorm_
+
+    parts = assemble(tiny_config("cigl"), digits_data, progress=False)
+    parts.trainer.fit()
+    net = parts.model
+    before_params = dict(net.named_parameters())
+    x = digits_data.x_test[:64]
+    net.eval()
+    expected = net(x)
+    assert convert_sync_batchnorm_(net) == 2  # the MLP's two BatchNorm1d layers
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in net.modules()) == 2
+    assert all(p is before_params[k] for k, p in net.named_parameters())
+    optimised = {id(p) for group in parts.trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in net.parameters())
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        distribute(parts, sync_batchnorm=True)
