@@ -263,7 +263,8 @@ def dgp_compare(
         (folder / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2))
         comparison.plot(folder / "comparison.png")
         kernel = ", ".join(f"width {w}: {e:.3f}" for w, e in comparison.kernel_errors.items())
-        tables.append(f"{comparison.to_markdown()}\n\nMC-predictive NLL gap to the DGP: {100 * comparison.nll_gap():+.1f} %; "
+        tables.append(f"{comparison.to_markdown()}\n\nMC-predictive NLL minus the DGP's: {comparison.nll_difference():+.3f} nats "
+                      f"({100 * comparison.nll_gap():+.1f} %); "
                       f"one-hidden-layer kernel vs arc-cosine, relative error: {kernel}\n")
         typer.echo(tables[-1])
     (out / "comparison.md").write_text("\n".join(tables))

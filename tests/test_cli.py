@@ -275,7 +275,7 @@ def test_dgp_compare_writes_tables_json_and_plots(runner: CliRunner, tmp_path: P
         assert record["config"]["network"]["optim"]["epochs"] == 2 and record["config"]["dgp"]["epochs"] == 2
         assert (out / name / "comparison.png").stat().st_size > 10_000
     table = (out / "comparison.md").read_text()
-    assert "| wine (classification" in table and "| gap-toy (regression" in table and "NLL gap to the DGP" in table
+    assert "| wine (classification" in table and "| gap-toy (regression" in table and "NLL minus the DGP" in table
 
 
 DGP_BAD = [

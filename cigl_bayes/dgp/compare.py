@@ -173,10 +173,15 @@ class DGPComparison:
         extra = ("gap_variance_ratio",) if self.dataset == "gap-toy" else ()
         return ("nll", "rmse", "calibration_error", "mean_variance", *extra, "spearman")
 
-    def nll_gap(self) -> float:
-        """Relative NLL gap of the network's MC predictive to the DGP: ``(NLL_net - NLL_dgp) / |NLL_dgp|``."""
+    def nll_difference(self) -> float:
+        """Mean test NLL of the network's MC predictive minus the DGP's, in nats per point."""
         s = self.summary()
-        return (s[NET_MC]["nll"][0] - s[DGP]["nll"][0]) / abs(s[DGP]["nll"][0])
+        return s[NET_MC]["nll"][0] - s[DGP]["nll"][0]
+
+    def nll_gap(self) -> float:
+        """Relative NLL gap of the network's MC predictive to the DGP: ``(NLL_net - NLL_dgp) / |NLL_dgp|``
+        (unit-dependent for regression; see :meth:`nll_difference`)."""
+        return self.nll_difference() / abs(self.summary()[DGP]["nll"][0])
 
     def to_markdown(self) -> str:
         summary = self.summary()
@@ -191,7 +196,7 @@ class DGPComparison:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "task": self.task, "scores": self.scores,
                 "summary": {r: {k: list(v) for k, v in s.items()} for r, s in self.summary().items()},
-                "nll_gap": self.nll_gap(), "kernel_relative_errors": self.kernel_errors, "config": self.config}
+                "nll_gap": self.nll_gap(), "nll_difference": self.nll_difference(), "kernel_relative_errors": self.kernel_errors, "config": self.config}
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Write the comparison figure (see :func:`cigl_bayes.dgp.plots.plot_comparison`)."""

@@ -68,6 +68,7 @@ def test_classification_comparison(wine_comparison, tmp_path) -> None:
         assert 0 <= summary[row]["accuracy"][0] <= 1
     assert -1 <= c.scores[NET_MC][0]["spearman"] <= 1 and "spearman" not in c.scores[DGP][0]
     assert c.predictives[NET_MC]["test"].probs.shape == (4, 53, 3)
+    assert c.nll_difference() == pytest.approx(summary[NET_MC]["nll"][0] - summary[DGP]["nll"][0])
     assert c.nll_gap() == pytest.approx((summary[NET_MC]["nll"][0] - summary[DGP]["nll"][0]) / abs(summary[DGP]["nll"][0]))
     table = c.to_markdown()
     assert table.count("\n") == 4 and "cigl-mc" in table and "spearman" in table
