@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -22,30 +23,34 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
     return logits
 
 
-@torch.no_grad()
-def mc_predict_probs(model: nn.Module, x: torch.Tensor, samples: int, batch_size: int = 1024) -> torch.Tensor:
-    """MC predictive ``(1/T) sum_t softmax(f(x; W_t))``: fresh random masks and active dropout per sample.
-
-    BatchNorm stays in eval mode (running statistics); only ``nn.Dropout`` modules and
-    ``SparseNet`` random masks are stochastic.
-    """
-    if samples < 1:
-        raise ValueError(f"MC samples must be >= 1, got {samples}")
+@contextmanager
+def mc_sampling(model: nn.Module) -> Iterator[None]:
+    """Inside: eval mode (BatchNorm running statistics) with the stochastic parts on -- fresh
+    ``SparseNet`` random masks and active ``nn.Dropout``; the training flag is restored after."""
     was_training = model.training
     model.eval()
-    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    with ExitStack() as stack:
-        if hasattr(model, "sampling_masks"):
-            stack.enter_context(model.sampling_masks(True))
-        for m in dropouts:
-            m.train()
-        mean = torch.zeros(0)
+    try:
+        with ExitStack() as stack:
+            if hasattr(model, "sampling_masks"):
+                stack.enter_context(model.sampling_masks(True))
+            for m in model.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.train()
+            yield
+    finally:
+        model.train(was_training)  # restores dropout modules too
+
+
+@torch.no_grad()
+def mc_predict_probs(model: nn.Module, x: torch.Tensor, samples: int, batch_size: int = 1024) -> torch.Tensor:
+    """MC predictive ``(1/T) sum_t softmax(f(x; W_t))`` under :func:`mc_sampling` (a running mean)."""
+    if samples < 1:
+        raise ValueError(f"MC samples must be >= 1, got {samples}")
+    mean = torch.zeros(0)
+    with mc_sampling(model):
         for t in range(samples):
             probs = torch.cat([model(b).softmax(-1) for b in batches_of(x, batch_size)])
             mean = probs if t == 0 else mean.lerp_(probs, 1.0 / (t + 1))
-        for m in dropouts:
-            m.eval()
-    model.train(was_training)
     return mean
 
 

@@ -34,6 +34,7 @@ from ..data.tabular import GAP_TOY_GAP, GAP_TOY_RANGE
 from ..metrics.calibration import expected_calibration_error
 from ..metrics.classification import accuracy, negative_log_likelihood
 from ..metrics.regression import mixture_moments, regression_report
+from ..ood.scores import entropy_score
 from .deep_gp import DGPConfig, FittedDGP, fit_deep_gp
 from .kernels import arccos_kernel, empirical_masked_relu_kernel, mask_factor
 
@@ -59,8 +60,7 @@ class Predictive:
     def uncertainty(self) -> Tensor:
         """Per-point predictive entropy (classification) or variance (regression), ``(N,)``."""
         if self.probs is not None:
-            p = self.probs.double().mean(0)
-            return -(p * p.clamp_min(1e-300).log()).sum(-1)
+            return -entropy_score(self.probs.double().mean(0))
         return mixture_moments(self.means, self.variances)[1]
 
     def scores(self, y: Tensor, target_scale: float = 1.0) -> dict[str, float]:

@@ -9,7 +9,6 @@ functions (it is slow to import and warns at import time).
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cigl.averaging import batches_of
+from ..evaluate import mc_sampling
 
 if TYPE_CHECKING:  # pragma: no cover
     import arviz as az
@@ -34,29 +34,14 @@ def _arviz() -> Any:
 
 @torch.no_grad()
 def mc_outputs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024, link: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """Per-draw outputs ``link(f(x; W_s))`` (identity by default), shape ``(draws, N, outputs)``.
-
-    Same stochasticity and draw order as ``cigl_bayes.evaluate.mc_predict_probs``: eval mode
-    (BatchNorm running statistics), fresh ``SparseNet`` random masks and active ``nn.Dropout``.
-    """
+    """Per-draw outputs ``link(f(x; W_s))`` (identity by default), shape ``(draws, N, outputs)``,
+    under :func:`cigl_bayes.evaluate.mc_sampling`, in the same draw order as
+    ``cigl_bayes.evaluate.mc_predict_probs``."""
     if draws < 1:
         raise ValueError(f"MC draws must be >= 1, got {draws}")
     link = link or (lambda out: out)
-    was_training = model.training
-    model.eval()
-    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    out: list[Tensor] = []
-    try:
-        with ExitStack() as stack:
-            if hasattr(model, "sampling_masks"):
-                stack.enter_context(model.sampling_masks(True))
-            for m in dropouts:
-                m.train()
-            for _ in range(draws):
-                out.append(torch.cat([link(model(b)) for b in batches_of(x, batch_size)]))
-    finally:
-        model.train(was_training)  # restores dropout modules too
-    return torch.stack(out)
+    with mc_sampling(model):
+        return torch.stack([torch.cat([link(model(b)) for b in batches_of(x, batch_size)]) for _ in range(draws)])
 
 
 def mc_class_probs(model: nn.Module, x: Tensor, draws: int, batch_size: int = 1024) -> Tensor:
