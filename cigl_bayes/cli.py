@@ -21,14 +21,15 @@ console = Console(stderr=True)
 
 # Options shared by `train` and `compare`; None means "the dataset recipe's default".
 ModelOpt = typer.Option(None, "--model", help="mlp, cnn, resnet18, resnet50, wrn-22-2, vgg19")
-DatasetOpt = typer.Option("digits", "--dataset", help="digits (embedded), breast_cancer, wine, cifar10, cifar100 or npz:PATH")
+DatasetOpt = typer.Option("digits", "--dataset", help="digits (embedded), digits-hard, mnist, mnist-hard (the 'mnist' extra), "
+                                                     "breast_cancer, wine, cifar10, cifar100 or npz:PATH")
 DataDirOpt = typer.Option(None, "--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs")
 BatchOpt = typer.Option(None, "--batch-size", help="mini-batch size")
 LrOpt = typer.Option(None, "--lr", help="base learning rate")
 DistributionOpt = typer.Option(None, "--distribution", help="erk or uniform layer densities")
 UpdateEveryOpt = typer.Option(None, "--update-every", help="dT: iterations between topology updates")
-DropRateOpt = typer.Option(None, "--drop-rate", help="CigL random-mask drop rate (paper 0.1; released code 0.01)")
+DropRateOpt = typer.Option(None, "--drop-rate", help="CigL random-mask drop rate in [0, 1), or auto (chosen by validation NLL of short pilot runs)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 LearnKeepOpt = typer.Option(None, "--learn-keep/--fixed-keep", help="cigl-svi: learn the keep probability (concrete dropout; needs --kl gal)")
 MoonWarmupOpt = typer.Option(None, "--moon-warmup", help="MOON: epochs of plain cross-entropy before the re-weighted loss (5)")
@@ -46,6 +47,11 @@ def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bo
         "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate", "kl": "bayes__kl",
         "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep", "precision": "precision", "compile": "compile",
     }
+    if overrides.get("drop_rate") not in (None, "auto"):
+        try:
+            overrides["drop_rate"] = float(overrides["drop_rate"])
+        except ValueError:
+            raise ValueError(f"--drop-rate takes a number in [0, 1) or auto, got {overrides['drop_rate']!r}") from None
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
     from .methods import validate
 
@@ -79,7 +85,7 @@ def train(
     batch_size: Optional[int] = BatchOpt,
     lr: Optional[float] = LrOpt,
     update_every: Optional[int] = UpdateEveryOpt,
-    drop_rate: Optional[float] = DropRateOpt,
+    drop_rate: Optional[str] = DropRateOpt,
     kl: Optional[str] = KlOpt,
     learn_keep: Optional[bool] = LearnKeepOpt,
     moon_warmup: Optional[int] = MoonWarmupOpt,
@@ -123,7 +129,7 @@ def compare(
     batch_size: Optional[int] = BatchOpt,
     lr: Optional[float] = LrOpt,
     update_every: Optional[int] = UpdateEveryOpt,
-    drop_rate: Optional[float] = DropRateOpt,
+    drop_rate: Optional[str] = DropRateOpt,
     kl: Optional[str] = KlOpt,
     learn_keep: Optional[bool] = LearnKeepOpt,
     precision: Optional[str] = PrecisionOpt,
@@ -218,6 +224,57 @@ def ood(
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and a score histogram per run (OUT/<method>-s<seed>/ood_scores.png)")
 
 
+@app.command("bench-calibration")
+def bench_calibration(
+    datasets: str = typer.Option("digits-hard,mnist,mnist-hard", "--datasets",
+                                 help="comma-separated datasets (digits, digits-hard, mnist, mnist-hard, breast_cancer, wine, npz:PATH)"),
+    methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1,cigl+drop_rate=0.01", "--methods",
+                                help="comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
+                                     "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)"),
+    densities: str = typer.Option("0.2,0.1,0.05,0.02", "--densities", help="comma-separated densities"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
+    settings: str = typer.Option("", "--set", help="overrides for every arm, comma-separated key=value (same keys as in --methods)"),
+    baseline: str = typer.Option("rigl", "--baseline", help="the arm the paired differences are taken against"),
+    jobs: int = typer.Option(2, "--jobs", help="runs trained side by side (worker processes)"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
+    out: Path = typer.Option(Path("runs/bench-calibration"), "--out", help="output folder (re-running resumes it)"),
+) -> None:
+    """Methods x densities x seeds on each dataset: OUT/report.md (mean ± std and the paired per-seed
+    difference against --baseline), OUT/<dataset>.png (accuracy and ECE against sparsity) and
+    OUT/records.{csv,json}. Finished runs are kept in OUT/records/ and not trained again."""
+    from rich.progress import Progress
+
+    from .benchmark import parse_arms, parse_overrides, plot_vs_sparsity, report_markdown, run_grid
+    from .results import write_results
+
+    arms = _guarded(parse_arms, methods)
+    base = _guarded(parse_overrides, _split(settings, str), settings)
+    dataset_list, density_list, seed_list = _split(datasets, str), _split(densities, float), _split(seeds, int)
+    if not (dataset_list and density_list and seed_list):
+        _fail("--datasets, --densities and --seeds each need at least one value")
+    if baseline not in [a.label for a in arms]:
+        _fail(f"--baseline {baseline!r} is not one of the arms in --methods ({methods})")
+    if jobs < 1 or threads < 1:
+        _fail("--jobs and --threads must be >= 1")
+    with Progress(console=console) as bar:
+        task = bar.add_task("bench-calibration", total=None)
+
+        def advance(record: dict, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total,
+                       description=f"{record['dataset']} {record['arm']} d={record['density']:g} s={record['seed']}")
+
+        records = _guarded(run_grid, dataset_list, arms, density_list, seed_list, out, jobs=jobs, threads=threads,
+                           base=base, on_record=advance)
+    records.sort(key=lambda r: (dataset_list.index(r["dataset"]), r["arm"], -r["density"], r["seed"]))
+    write_results(records, out, stem="records")
+    report = report_markdown(records, baseline)
+    (out / "report.md").write_text(report)
+    for name in dataset_list:
+        plot_vs_sparsity(records, out / f"{name.replace(':', '_').replace('/', '_')}.png", dataset=name)
+    typer.echo(report)
+    typer.echo(f"wrote {out / 'report.md'}, {out / 'records.csv'}, {out / 'records.json'} and a plot per dataset")
+
+
 @app.command("dgp-compare")
 def dgp_compare(
     dataset: str = typer.Option("all", "--dataset", help="comma-separated: gap-toy, diabetes, digits, breast_cancer, wine (or all)"),
@@ -227,7 +284,7 @@ def dgp_compare(
     density: Optional[float] = typer.Option(None, "--density", help="fraction of weights kept, in (0, 1]"),
     epochs: Optional[int] = EpochsOpt,
     lr: Optional[float] = LrOpt,
-    drop_rate: Optional[float] = DropRateOpt,
+    drop_rate: Optional[str] = DropRateOpt,
     mc_samples: int = typer.Option(50, "--mc-samples", help="random masks in the network's MC predictive"),
     dgp_epochs: Optional[int] = typer.Option(None, "--dgp-epochs", help="deep-GP epochs (default: 200 regression / 100 classification, at least 2000 steps)"),
     inducing: int = typer.Option(64, "--inducing", help="inducing points per deep-GP layer"),

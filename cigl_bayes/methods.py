@@ -18,7 +18,7 @@ from torch import nn
 from .bayes import HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesModel, SyncLearnedKeep, prior_precision_for_weight_decay
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
-from .data import DATASET_NAMES, REGRESSION_DATASET_NAMES, DataSplits, DeviceLoader, random_crop_flip
+from .data import DATASET_NAMES, REGRESSION_DATASET_NAMES, DataSplits, DeviceLoader, augmentation_for
 from .models import MODEL_NAMES, build_model
 from .ood.moon import AlphaSchedule, MoonObjective
 from .sparse import DropSchedule, SparseNet, TopologyUpdater
@@ -154,6 +154,9 @@ def assemble(
     method = get_method(config.method)
     if data.is_regression:
         check_regression_method(config.method, method)
+    if config.random_mask.drop_rate == "auto":
+        raise ValueError("drop rate 'auto' is resolved by pilot runs before assembling: use runner.run, or "
+                         "cigl_bayes.drop_rate.choose_drop_rate(config, data) first")
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     dropout = config.model.dropout if method.mc_dropout else 0.0
@@ -166,7 +169,7 @@ def assemble(
         model = SparseNet(model, config.sparsity.density, config.sparsity.distribution, random_mask, seed=config.seed)
 
     optim = config.optim
-    transform = random_crop_flip if data.augment else None
+    transform = augmentation_for(data.augment)
     loader = DeviceLoader(data.x_train, data.y_train, config.data.batch_size, shuffle=True, drop_last=True,
                           seed=config.seed, transform=transform)
     steps_per_epoch = len(loader)
@@ -175,8 +178,12 @@ def assemble(
     total_steps = optim.epochs * steps_per_epoch
     objective, extras = _objective(method, config, model, data, steps_per_epoch)
     optimizer = build_sgd(model, optim.lr, optim.momentum, optim.nesterov, 0.0 if method.svi else optim.weight_decay)
+    averaging_start = min(optim.epochs - 1, int(config.averaging.start_fraction * optim.epochs))
+    hold = method.averaging is not None and config.averaging.hold_lr is not None
     lr_scheduler = build_lr_scheduler(optimizer, total_steps, optim.warmup_epochs * steps_per_epoch, optim.schedule,
-                                      optim.decay_every, optim.decay_factor)
+                                      optim.decay_every, optim.decay_factor,
+                                      hold_from=averaging_start * steps_per_epoch if hold else None,
+                                      hold_factor=config.averaging.hold_lr if hold else 0.0)
     gate = None
     step_wrapper: Callable | None = None
     if method.sparse:
@@ -188,10 +195,10 @@ def assemble(
 
     averaging = None
     if method.averaging is not None:
-        start = min(optim.epochs - 1, int(config.averaging.start_fraction * optim.epochs))
-        averaging = SnapshotAveraging(model, start, data.x_train, batch_size=max(256, config.data.batch_size),
+        averaging = SnapshotAveraging(model, averaging_start, data.x_train, batch_size=max(256, config.data.batch_size),
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
-                                      eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})})
+                                      eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})},
+                                      bn_transform=transform, seed=config.seed)
     if config.compile and objective is not None:
         raise ValueError(f"--compile covers methods trained on a plain loss; {config.method!r} has its own objective")
     trainer = Trainer(model, optimizer, loader, optim.epochs, loss_fn=squared_error if data.is_regression else F.cross_entropy,

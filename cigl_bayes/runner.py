@@ -14,6 +14,7 @@ from torch import nn
 from .bayes import mc_predictive_probs
 from .config import RunConfig
 from .data import DataSplits, load_dataset
+from .drop_rate import choose_drop_rate, is_auto
 from .evaluate import evaluate_probs, mc_predict_probs, measured_density, predict_logits
 from .methods import Assembled, assemble, validate
 from .temperature import apply_temperature, fit_temperature
@@ -51,6 +52,13 @@ def final_predictions(
         notes["temperature"] = temperature
         return {k: apply_temperature(v, temperature) for k, v in logits.items()}, notes
     return {k: v.softmax(-1) for k, v in logits.items()}, notes
+
+
+def parts_use_random_mask(config: RunConfig) -> bool:
+    """Whether ``config.method`` trains with CigL's random mask (and so has a drop rate)."""
+    from .methods import get_method
+
+    return get_method(config.method).random_mask
 
 
 def known_class_probs(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -91,6 +99,11 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
     shifted = {k: v.to(config.device) for k, v in ood_sets(data, config.data.data_dir, seed=0).items()} if ood else {}
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "checkpoint.pt" if out is not None else None
+    mask_choice: dict[str, Any] | None = None
+    if parts_use_random_mask(config):
+        mask_choice = {"drop_rate": config.random_mask.drop_rate, "chosen_by": "given"}
+        if is_auto(config):
+            config, mask_choice = choose_drop_rate(config, data)
     parts = assemble(config, data, checkpoint, progress, extra_inputs={f"ood:{k}": v for k, v in shifted.items()})
     if resume and checkpoint is not None and checkpoint.is_file():
         _check_resumable(checkpoint, config)
@@ -111,6 +124,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
         **evaluate_probs(known_class_probs(probs["test"], k), data.y_test),
         "val": evaluate_probs(known_class_probs(probs["val"], k), data.y_val),
         **notes,
+        **({"random_mask": mask_choice} if mask_choice is not None else {}),
         "train_loss": history.loss,
         "config": config.to_dict(),
     }

@@ -206,8 +206,8 @@ def test_validate(tiny_config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     with pytest.raises(ValueError) as info:
         validate(tiny_config("cigl", model__name="transformer"))
     assert all(name in str(info.value) for name in MODEL_NAMES)
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10"):
-        validate(tiny_config("cigl", data__dataset="mnist"))
+    with pytest.raises(ValueError, match="unknown dataset 'fashion-mnist'.*cifar10"):
+        validate(tiny_config("cigl", data__dataset="fashion-mnist"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cpu"):
         validate(tiny_config("cigl", device="cuda"))

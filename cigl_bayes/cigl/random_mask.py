@@ -2,9 +2,9 @@
 
 Clean reading of the paper's Algorithm 1: the forward pass uses ``M * Z * W`` (times
 ``1 / keep`` with inverted-dropout rescaling), so only entries with ``M * Z = 1`` receive a
-gradient and stored weights are never corrupted. Defaults (drop rate 0.1, rescaling on)
-follow the paper's text; the released code used drop rate 0.01 (``dpnum = 100``) with
-rescaling ``K / (K - 1)``: pass ``drop_rate=0.01`` to reproduce it.
+gradient and stored weights are never corrupted. The default (drop rate 0.01, rescaling
+``1 / keep`` = ``K / (K - 1)``) is the released code's (``dpnum = 100``); the paper's text says
+0.1 (``drop_rate=0.1``), which under-fits small or very sparse networks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class RandomMask:
     Its generator state is part of ``state_dict`` so a resumed run draws the same masks.
     """
 
-    def __init__(self, drop_rate: float = 0.1, rescale: bool = True, seed: int = 0) -> None:
+    def __init__(self, drop_rate: float = 0.01, rescale: bool = True, seed: int = 0) -> None:
         self.rescale = rescale
         self.set_drop_rate(drop_rate)
         self.seed = seed

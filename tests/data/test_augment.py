@@ -120,3 +120,47 @@ def test_cuda_matches_reference() -> None:
     dy, dx, flip = sample_crop_flip_params(50, g2)
     assert dy.is_cuda
     assert torch.equal(out.cpu(), _reference(x.cpu(), dy.cpu(), dx.cpu(), flip.cpu(), 4))
+
+
+# ----------------------------------------------------------------------------- affine + noise
+
+
+def test_affine_noise_identity_parameters_return_the_input() -> None:
+    from cigl_bayes.data import random_affine_noise
+
+    x = torch.randn(5, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    out = random_affine_noise(x, torch.Generator().manual_seed(1), degrees=0.0, scale=(1.0, 1.0), translate=0.0, noise_std=0.0)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_affine_noise_adds_gaussian_noise_of_the_stated_scale() -> None:
+    from cigl_bayes.data import random_affine_noise
+
+    x = torch.zeros(64, 1, 16, 16)
+    out = random_affine_noise(x, torch.Generator().manual_seed(2), noise_std=0.2)
+    assert float(out.mean()) == pytest.approx(0.0, abs=0.01) and float(out.std()) == pytest.approx(0.2, rel=0.03)
+
+
+def test_affine_noise_moves_pixels_per_example_and_is_reproducible() -> None:
+    from cigl_bayes.data import random_affine_noise
+
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 10:18, 12:16] = 1.0  # a bar: any rotation / shift / scale moves it
+    a = random_affine_noise(x, torch.Generator().manual_seed(3), noise_std=0.0)
+    b = random_affine_noise(x, torch.Generator().manual_seed(3), noise_std=0.0)
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    moved = (a - x).abs().flatten(1).sum(1)
+    assert bool((moved > 0.5).all())  # every example is transformed
+    assert len({round(float(v), 3) for v in moved}) == 8  # each with its own parameters
+    # mass is roughly kept (scale in [0.9, 1.1]: area within [0.81, 1.21] of the original)
+    ratio = a.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert bool(((ratio > 0.75) & (ratio < 1.3)).all())
+
+
+def test_augmentation_for_maps_names() -> None:
+    from cigl_bayes.data import augmentation_for, random_affine_noise
+
+    assert augmentation_for(False) is None and augmentation_for(True) is random_crop_flip
+    assert augmentation_for("affine-noise") is random_affine_noise
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augmentation_for("mixup")

@@ -120,9 +120,9 @@ def test_bad_val_fraction(bad: object) -> None:
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(DataError) as ei:
-        load_dataset("mnist")
+        load_dataset("fashion-mnist")
     msg = str(ei.value)
-    for part in ("'mnist'", "digits", "cifar10", "cifar100", "npz:PATH"):
+    for part in ("'fashion-mnist'", "digits", "mnist-hard", "cifar10", "cifar100", "npz:PATH"):
         assert part in msg
     assert isinstance(ei.value, ValueError)
 

@@ -247,7 +247,8 @@ def test_calibrated_sample_has_small_ece_and_sharpened_is_worse() -> None:
 def test_calibration_report_keys_and_values() -> None:
     probs, labels = _random_problem(9, 600, 4)
     rep = calibration_report(probs, labels)
-    assert set(rep) == {"accuracy", "ece", "ece_15", "ece_adaptive", "mce", "nll", "brier", "classwise_ece"}
+    assert set(rep) == {"accuracy", "ece", "ece_15", "ece_adaptive", "mce", "nll", "brier", "classwise_ece", "confidence"}
+    assert rep["confidence"] == pytest.approx(float(probs.max(-1).values.mean()))
     assert all(isinstance(v, float) for v in rep.values())
     assert rep["ece"] == pytest.approx(_tm_ece(probs, labels, 10), abs=TOL)
     assert rep["ece_15"] == pytest.approx(_tm_ece(probs, labels, 15), abs=TOL)

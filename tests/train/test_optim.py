@@ -139,3 +139,39 @@ def test_scheduler_follows_lr_factor_per_step(schedule: str) -> None:
         opt.step()
         sched.step()
     assert math.isfinite(opt.param_groups[0]["lr"])
+
+
+def test_cosine_hold_ends_at_the_hold_factor_and_stays() -> None:
+    total, warm, hold, h = 1000, 10, 800, 0.1
+    f = lambda t: lr_factor(t, total, warm, "cosine", hold_from=hold, hold_factor=h)
+    assert [f(t) for t in range(warm)] == pytest.approx([(t + 1) / warm for t in range(warm)])  # warm-up unchanged
+    assert f(warm) == pytest.approx(1.0)
+    mid = warm + (hold - warm) // 2
+    assert f(mid) == pytest.approx(h + (1 - h) * 0.5)  # the cosine compressed into [warm, hold]
+    assert all(f(t) == pytest.approx(h) for t in range(hold, total + 5))  # held while averaging
+    values = [f(t) for t in range(warm, total)]
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+    # the step schedule keeps the value it has where the hold begins
+    g = lambda t: lr_factor(t, total, 0, "step", decay_every=300, decay_factor=0.5, hold_from=700)
+    assert g(650) == pytest.approx(0.25) and g(950) == pytest.approx(0.25)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def test_hold_lr_applies_to_averaging_methods_only(digits_data) -> None:
+    """averaging.hold_lr holds the rate from the averaging start for WMA methods; RigL keeps its cosine."""
+    from cigl_bayes.config import recipe
+    from cigl_bayes.methods import assemble
+
+    base = recipe("digits").with_(model__name="mlp", optim__epochs=10, optim__warmup_epochs=0, averaging__hold_lr=0.1)
+    for method, held in (("cigl", True), ("rigl", False)):
+        parts = assemble(base.with_(method=method), digits_data, progress=False)
+        scheduler, steps = parts.trainer.lr_scheduler, len(parts.trainer.loader)
+        lrs = []
+        for _ in range(10 * steps):
+            lrs.append(parts.trainer.optimizer.param_groups[0]["lr"])
+            scheduler.step()
+        tail = lrs[8 * steps:]
+        if held:
+            assert tail == pytest.approx([0.1 * base.optim.lr] * len(tail))
+        else:
+            assert tail[-1] < 1e-3 * base.optim.lr
