@@ -228,7 +228,7 @@ def ood(
 def bench_calibration(
     datasets: str = typer.Option("digits-hard,mnist,mnist-hard", "--datasets",
                                  help="comma-separated datasets (digits, digits-hard, mnist, mnist-hard, breast_cancer, wine, npz:PATH)"),
-    methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1,cigl+drop_rate=0.01", "--methods",
+    methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1", "--methods",
                                 help="comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
                                      "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)"),
     densities: str = typer.Option("0.2,0.1,0.05,0.02", "--densities", help="comma-separated densities"),
@@ -306,6 +306,8 @@ def dgp_compare(
     seed_list = _split(seeds, int)
     if not seed_list:
         _fail("--seeds needs at least one value")
+    if drop_rate == "auto":
+        _fail("dgp-compare takes a numeric --drop-rate (auto scores classifier pilot runs); e.g. --drop-rate 0.01")
     if mc_samples < 2:
         _fail(f"--mc-samples must be >= 2, got {mc_samples}")
     configs = {n: _guarded(_config, method, n, 0, device, regression_ok=True, model=model, density=density, epochs=epochs,

@@ -13,7 +13,6 @@ import math
 import time
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
@@ -21,6 +20,7 @@ from .data import DataSplits
 
 
 def is_auto(config: RunConfig) -> bool:
+    """Whether the drop rate is still ``"auto"`` (to be chosen by :func:`choose_drop_rate`)."""
     return config.random_mask.drop_rate == "auto"
 
 
@@ -54,5 +54,4 @@ def choose_drop_rate(config: RunConfig, data: DataSplits) -> tuple[RunConfig, di
         "drop_rate": best, "chosen_by": "auto: validation NLL of pilot runs", "pilot_epochs": pilot_epochs,
         "val_nll": scores, "pilot_seconds": time.perf_counter() - start,
     }
-    torch.manual_seed(config.seed)  # the real run starts from the same global RNG state as a fixed-rate run
     return config.with_(random_mask__drop_rate=best), record

@@ -19,6 +19,7 @@ from .bayes import HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesMo
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
 from .data import DATASET_NAMES, REGRESSION_DATASET_NAMES, DataSplits, DeviceLoader, augmentation_for
+from .drop_rate import is_auto
 from .models import MODEL_NAMES, build_model
 from .ood.moon import AlphaSchedule, MoonObjective
 from .sparse import DropSchedule, SparseNet, TopologyUpdater
@@ -154,7 +155,7 @@ def assemble(
     method = get_method(config.method)
     if data.is_regression:
         check_regression_method(config.method, method)
-    if config.random_mask.drop_rate == "auto":
+    if is_auto(config):
         raise ValueError("drop rate 'auto' is resolved by pilot runs before assembling: use runner.run, or "
                          "cigl_bayes.drop_rate.choose_drop_rate(config, data) first")
     torch.manual_seed(config.seed)

@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import DataSplits, load_dataset
 from .drop_rate import choose_drop_rate, is_auto
 from .evaluate import evaluate_probs, mc_predict_probs, measured_density, predict_logits
-from .methods import Assembled, assemble, validate
+from .methods import Assembled, assemble, get_method, validate
 from .temperature import apply_temperature, fit_temperature
 
 
@@ -52,13 +52,6 @@ def final_predictions(
         notes["temperature"] = temperature
         return {k: apply_temperature(v, temperature) for k, v in logits.items()}, notes
     return {k: v.softmax(-1) for k, v in logits.items()}, notes
-
-
-def parts_use_random_mask(config: RunConfig) -> bool:
-    """Whether ``config.method`` trains with CigL's random mask (and so has a drop rate)."""
-    from .methods import get_method
-
-    return get_method(config.method).random_mask
 
 
 def known_class_probs(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -100,7 +93,7 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "checkpoint.pt" if out is not None else None
     mask_choice: dict[str, Any] | None = None
-    if parts_use_random_mask(config):
+    if get_method(config.method).random_mask:
         mask_choice = {"drop_rate": config.random_mask.drop_rate, "chosen_by": "given"}
         if is_auto(config):
             config, mask_choice = choose_drop_rate(config, data)

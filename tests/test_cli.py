@@ -284,6 +284,7 @@ DGP_BAD = [
     (["--dataset", "wine", "--density", "0"], "density must be in (0, 1]"),
     (["--dataset", "wine", "--mc-samples", "1"], "--mc-samples"),
     (["--dataset", "wine", "--seeds", "x"], "could not parse"),
+    (["--dataset", "wine", "--drop-rate", "auto"], "takes a numeric --drop-rate"),
 ]
 
 

@@ -108,12 +108,10 @@ def _record_path(out: Path, dataset: str, arm: Arm, density: float, seed: int) -
 def _run_job(job: Job, threads: int) -> dict[str, Any]:
     import torch
 
-    from ..methods import validate
     from ..runner import run
 
     torch.set_num_threads(threads)
     config = job.arm.config(job.dataset, job.density, job.seed, job.base)
-    validate(config)
     start = time.perf_counter()
     record = run(config, None, progress=False)
     flat = {

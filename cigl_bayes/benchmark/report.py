@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..results import summarise
+
 TABLE_METRICS = ("accuracy", "ece", "nll", "brier")
 
 #: The target a calibration method must meet against the baseline (issue 11): mean ECE at most
@@ -30,15 +32,7 @@ def _groups(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tupl
 
 def summary_rows(records: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS) -> list[dict[str, Any]]:
     """Mean and sample std of ``metrics`` per (dataset, arm, density), in first-seen order."""
-    rows = []
-    for (dataset, arm, density), members in _groups(records, ("dataset", "arm", "density")).items():
-        row: dict[str, Any] = {"dataset": dataset, "arm": arm, "density": density, "runs": len(members)}
-        for m in metrics:
-            values = [float(r[m]) for r in members if r.get(m) is not None]
-            if values:
-                row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(values)
-        rows.append(row)
-    return rows
+    return summarise(list(records), group_by=("dataset", "arm", "density"), metrics=metrics)
 
 
 def paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl") -> list[dict[str, Any]]:
@@ -71,7 +65,7 @@ def paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl"
 
 
 def _pm(row: dict[str, Any], metric: str, scale: float = 1.0, digits: int = 4) -> str:
-    if f"{metric}_mean" not in row:
+    if row.get(f"{metric}_mean") is None:
         return "–"
     return f"{scale * row[f'{metric}_mean']:.{digits}f} ± {scale * row[f'{metric}_std']:.{digits}f}"
 
