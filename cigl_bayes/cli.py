@@ -1,7 +1,10 @@
 """``cigl-bayes`` command line: thin calls into the library.
 
-Bad input (density outside (0, 1], unknown method/model/dataset, bad labels, a missing data
-folder, a non-finite loss) prints one ``error:`` line and exits with code 2.
+Bad input (density outside (0, 1], unknown method/model/dataset/device, bad labels, a missing data
+folder, an unusable or busy --out, a damaged or untrusted checkpoint, a non-finite loss) prints one
+``error:`` line and exits with code 2, before anything is trained or written. Help texts list the
+registries (methods, models, datasets). Heavy libraries (pyro, gpytorch, arviz, matplotlib) load
+only in the commands that use them, so ``--help`` and input errors return at once.
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ import typer
 from rich.console import Console
 
 from .config import RunConfig, recipe
-from .data import DataError
+from .data import DATASET_NAMES
+from .dgp.compare import COMPARE_DATASETS
+from .methods import METHODS
+from .metrics.calibration import ECE_BINS
+from .models import MODEL_NAMES
 from .train import NonFiniteLossError
+from .train.run_dir import check_writable_dir, check_writable_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reliable sparse training: CigL, RigL and baselines with calibration metrics.")
 console = Console(stderr=True)
 
 # Options shared by `train` and `compare`; None means "the dataset recipe's default".
-ModelOpt = typer.Option(None, "--model", help="mlp, cnn, resnet18, resnet50, wrn-22-2, vgg19")
-DatasetOpt = typer.Option("digits", "--dataset", help="digits (embedded), digits-hard, mnist, mnist-hard (the 'mnist' extra), "
-                                                     "breast_cancer, wine, cifar10, cifar100 or npz:PATH")
+METHOD_LIST = ", ".join(METHODS)
+DATASET_LIST = f"{', '.join(DATASET_NAMES)} or npz:PATH (mnist*: the 'mnist' extra; cifar*: --data-dir)"
+ModelOpt = typer.Option(None, "--model", help=f"{', '.join(MODEL_NAMES)} (default: the dataset's recipe)")
+DatasetOpt = typer.Option("digits", "--dataset", help=DATASET_LIST)
 DataDirOpt = typer.Option(None, "--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs")
 BatchOpt = typer.Option(None, "--batch-size", help="mini-batch size")
@@ -55,7 +64,7 @@ def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bo
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
     from .methods import validate
 
-    config = recipe(dataset).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
+    config = recipe(dataset, overrides.get("model")).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
     validate(config, regression_ok=regression_ok)
     return config
 
@@ -66,16 +75,16 @@ def _fail(message: str) -> None:
 
 
 def _guarded(fn, *args, **kwargs):
-    """Run ``fn`` turning input/data/training errors into one line and exit code 2."""
+    """Run ``fn`` turning input/data/file/training errors into one line and exit code 2."""
     try:
         return fn(*args, **kwargs)
-    except (ValueError, DataError, FileNotFoundError, NonFiniteLossError) as error:
-        _fail(str(error))
+    except (ValueError, OSError, NonFiniteLossError) as error:  # DataError, CheckpointError, OutputDirError: ValueError
+        _fail(" ".join(str(error).splitlines()) or type(error).__name__)
 
 
 @app.command()
 def train(
-    method: str = typer.Option("cigl", "--method", help="dense, static, set, rigl, rigl-mcdrop, rigl-ts, cigl, cigl-no-rm, cigl-pred-avg, cigl-svi"),
+    method: str = typer.Option("cigl", "--method", help=METHOD_LIST),
     model: Optional[str] = ModelOpt,
     dataset: str = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
@@ -97,28 +106,34 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt if present"),
     progress: bool = ProgressOpt,
 ) -> None:
-    """Train one model; write OUT/metrics.json, OUT/reliability.png and OUT/checkpoint.pt."""
-    from .runner import run
-
+    """Train one model; write OUT/metrics.json, OUT/reliability.png, OUT/checkpoint.pt and the final
+    weights as OUT/model.safetensors. OUT is locked while the run writes into it."""
     config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
                       update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
                       learn_keep=learn_keep, precision=precision, compile=compile_model)
+    from .runner import run
+
     record = _guarded(run, config, out, progress=progress, resume=resume)
-    keys = ("accuracy", "ece", "nll", "brier")
-    typer.echo(f"{method} on {dataset}: " + ", ".join(f"{k} {record[k]:.4f}" for k in keys) + f"  -> {out / 'metrics.json'}")
+    labels = {"accuracy": "accuracy", "ece": f"ece ({ECE_BINS} bins)", "nll": "nll", "brier": "brier"}
+    typer.echo(f"{method} on {dataset}: " + ", ".join(f"{v} {record[k]:.4f}" for k, v in labels.items())
+               + f"  -> {out / 'metrics.json'}")
 
 
-def _split(text: str, cast) -> list:
+_LIST_TYPES = {int: "integers", float: "numbers", str: "names"}
+
+
+def _split(text: str, cast, option: str) -> list:
+    """``"a, b"`` -> ``[cast("a"), cast("b")]``; a value ``cast`` rejects is an error naming ``option``."""
     try:
         return [cast(t.strip()) for t in text.split(",") if t.strip()]
     except ValueError:
-        _fail(f"could not parse {text!r} as a comma-separated list")
+        _fail(f"could not parse {option} {text!r} as comma-separated {_LIST_TYPES[cast]}")
 
 
 @app.command()
 def compare(
-    methods: str = typer.Option("dense,rigl,cigl", "--methods", help="comma-separated methods"),
+    methods: str = typer.Option("dense,rigl,cigl", "--methods", help=f"comma-separated, of: {METHOD_LIST}"),
     densities: str = typer.Option("0.1,0.05", "--densities", help="comma-separated densities"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
     model: Optional[str] = ModelOpt,
@@ -139,11 +154,8 @@ def compare(
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the grid methods x densities x seeds; print mean ± std; write OUT/results.csv and results.json."""
-    from .methods import METHODS
-    from .runner import run
-    from .results import SUMMARY_METRICS, flat_record, summarise, summary_table, write_results
-
-    method_list, density_list, seed_list = _split(methods, str), _split(densities, float), _split(seeds, int)
+    method_list = _split(methods, str, "--methods")
+    density_list, seed_list = _split(densities, float, "--densities"), _split(seeds, int, "--seeds")
     if not (method_list and density_list and seed_list):
         _fail("--methods, --densities and --seeds each need at least one value")
     common = dict(model=model, data_dir=data_dir, distribution=distribution, epochs=epochs, batch_size=batch_size,
@@ -155,6 +167,10 @@ def compare(
             for seed in seed_list:
                 config = _guarded(_config, name, dataset, seed, device, density=density, **common)
                 configs.append(config)
+    _guarded(check_writable_dir, out)
+    from .results import flat_record, summarise, summary_table, write_results
+    from .runner import run
+
     rows = []
     columns = ("method", "density", "seed", "accuracy", "ece", "ece_15", "nll", "brier", "mce", "classwise_ece")
     for i, config in enumerate(configs, 1):
@@ -166,15 +182,32 @@ def compare(
             row.update({f"mc_{k}": record["mc_predictive"][k] for k in ("accuracy", "ece", "nll", "brier")})
         rows.append(row)
     csv_path, json_path = write_results(rows, out)
-    stdout = Console() if Console().is_terminal else Console(width=200)  # pipes: no wrapped cells
-    metrics = SUMMARY_METRICS + (("mc_accuracy", "mc_ece", "mc_nll") if any("mc_ece" in r for r in rows) else ())
-    stdout.print(summary_table(summarise(rows, metrics=metrics), metrics=metrics, title=f"{dataset}: mean ± std over seeds {seeds}"))
+    stdout = _stdout()
+    stdout.print(f"{dataset}: {_over_seeds(seed_list)}")
+    stdout.print(summary_table(summarise(rows)))
+    stdout.print(f"ece: {ECE_BINS} equal-width bins; nll in nats per example; every metric of every run is in "
+                 f"{csv_path.name}\n")
+    mc_rows = [r for r in rows if "mc_ece" in r]
+    if mc_rows:
+        mc_metrics = ("mc_accuracy", "mc_ece", "mc_nll", "mc_brier")
+        stdout.print(summary_table(summarise(mc_rows, metrics=mc_metrics), metrics=mc_metrics))
+        stdout.print(f"mc_*: MC predictive, predictions averaged over {configs[0].eval.mc_samples} fresh random masks "
+                     "of the final network (random-mask methods); the table above scores the method's own model\n")
     typer.echo(f"wrote {csv_path} and {json_path}")
+
+
+def _stdout() -> Console:
+    """Console for result tables: the terminal's width, or 100 columns in a pipe or file."""
+    return Console(highlight=False) if Console().is_terminal else Console(width=100, highlight=False)
+
+
+def _over_seeds(seeds: list[int]) -> str:
+    return f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
 
 
 @app.command()
 def ood(
-    methods: str = typer.Option("rigl,cigl,moon", "--methods", help="comma-separated methods (moon, moon-set, moon-cigl, moon-vote, ...)"),
+    methods: str = typer.Option("rigl,cigl,moon", "--methods", help=f"comma-separated, of: {METHOD_LIST} (moon*: MOON's unknown class)"),
     density: float = typer.Option(0.1, "--density", help="fraction of weights kept, in (0, 1]"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
     model: Optional[str] = ModelOpt,
@@ -190,10 +223,7 @@ def ood(
 ) -> None:
     """Train each method and seed, score the ID test set against every OOD set (MSP), print
     AUROC / FPR95 / AUPR-In / AUPR-Out with ID accuracy and ECE (mean ± std), write OUT/results.json."""
-    from .results import summarise, summary_table, write_results
-    from .runner import run
-
-    method_list, seed_list = _split(methods, str), _split(seeds, int)
+    method_list, seed_list = _split(methods, str, "--methods"), _split(seeds, int, "--seeds")
     if not (method_list and seed_list):
         _fail("--methods and --seeds each need at least one value")
     configs = []
@@ -202,12 +232,15 @@ def ood(
             config = _guarded(_config, name, dataset, seed, device, density=density, model=model, data_dir=data_dir,
                               epochs=epochs, batch_size=batch_size, lr=lr, moon_warmup=moon_warmup)
             configs.append(config)
+    _require_ood_sets(configs[0])
+    _guarded(check_writable_dir, out)
+    from .results import summarise, summary_table, write_results
+    from .runner import run
+
     rows, means = [], []
     for i, config in enumerate(configs, 1):
         console.print(f"[{i}/{len(configs)}] {config.method} seed={config.seed}")
         record = _guarded(run, config, out / f"{config.method}-s{config.seed}", progress=progress, ood=True)
-        if not record["ood"]:
-            _fail(f"no OOD sets are available for dataset {dataset!r}; add x_ood arrays to the npz or local folders")
         for ood_set, report in record["ood"].items():
             rows.append({"method": config.method, "seed": config.seed, "ood_set": ood_set, **report,
                          "accuracy": record["accuracy"], "ece": record["ece"]})
@@ -216,18 +249,32 @@ def ood(
                       **{m: sum(r[m] for r in per_set) / len(per_set) for m in per_set[0]},
                       "accuracy": record["accuracy"], "ece": record["ece"]})
     write_results(rows, out)
-    metrics = ("auroc", "fpr95", "aupr_in", "aupr_out", "accuracy", "ece")
-    stdout = Console() if Console().is_terminal else Console(width=200)
-    summary = summarise(rows + means, group_by=("method", "ood_set"), metrics=metrics)
-    stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=metrics,
-                               title=f"{dataset}, density {density}: OOD detection (MSP), mean ± std over seeds {seeds}"))
+    stdout = _stdout()
+    detection = ("auroc", "fpr95", "aupr_in", "aupr_out")
+    summary = summarise(rows + means, group_by=("method", "ood_set"), metrics=detection)
+    stdout.print(f"{dataset}, density {density}: OOD detection (MSP score), {_over_seeds(seed_list)}")
+    stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=detection))
+    in_distribution = ("accuracy", "ece")
+    stdout.print(f"\nin-distribution test split (ece: {ECE_BINS} equal-width bins)")
+    stdout.print(summary_table(summarise(means, group_by=("method",), metrics=in_distribution), group_by=("method",),
+                               metrics=in_distribution))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and a score histogram per run (OUT/<method>-s<seed>/ood_scores.png)")
+
+
+def _require_ood_sets(config: RunConfig) -> None:
+    """Fail (one line, before any training) unless ``config``'s dataset has OOD sets."""
+    from .data import load_dataset, ood_sets
+
+    data = _guarded(load_dataset, config.data.dataset, config.data.data_dir, config.data.val_fraction)
+    if not _guarded(ood_sets, data, config.data.data_dir):
+        _fail(f"no OOD sets are available for dataset {config.data.dataset!r}; add x_ood (or x_ood_NAME) arrays to the "
+              "npz, or the other CIFAR / SVHN test files under --data-dir")
 
 
 @app.command("bench-calibration")
 def bench_calibration(
     datasets: str = typer.Option("digits-hard,mnist,mnist-hard", "--datasets",
-                                 help="comma-separated datasets (digits, digits-hard, mnist, mnist-hard, breast_cancer, wine, npz:PATH)"),
+                                 help=f"comma-separated, of: {DATASET_LIST}"),
     methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1", "--methods",
                                 help="comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
                                      "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)"),
@@ -248,14 +295,16 @@ def bench_calibration(
     from .results import write_results
 
     arms = _guarded(parse_arms, methods)
-    base = _guarded(parse_overrides, _split(settings, str), settings)
-    dataset_list, density_list, seed_list = _split(datasets, str), _split(densities, float), _split(seeds, int)
+    base = _guarded(parse_overrides, _split(settings, str, "--set"), settings)
+    dataset_list, density_list = _split(datasets, str, "--datasets"), _split(densities, float, "--densities")
+    seed_list = _split(seeds, int, "--seeds")
     if not (dataset_list and density_list and seed_list):
         _fail("--datasets, --densities and --seeds each need at least one value")
     if baseline not in [a.label for a in arms]:
         _fail(f"--baseline {baseline!r} is not one of the arms in --methods ({methods})")
     if jobs < 1 or threads < 1:
         _fail("--jobs and --threads must be >= 1")
+    _guarded(check_writable_dir, out)
     with Progress(console=console) as bar:
         task = bar.add_task("bench-calibration", total=None)
 
@@ -277,8 +326,8 @@ def bench_calibration(
 
 @app.command("dgp-compare")
 def dgp_compare(
-    dataset: str = typer.Option("all", "--dataset", help="comma-separated: gap-toy, diabetes, digits, breast_cancer, wine (or all)"),
-    method: str = typer.Option("cigl", "--method", help="the network's method (cigl, rigl-mcdrop, rigl-wdp, ...)"),
+    dataset: str = typer.Option("all", "--dataset", help=f"comma-separated, of: {', '.join(COMPARE_DATASETS)} (or all)"),
+    method: str = typer.Option("cigl", "--method", help=f"the network's method, of: {METHOD_LIST}"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds"),
     model: Optional[str] = ModelOpt,
     density: Optional[float] = typer.Option(None, "--density", help="fraction of weights kept, in (0, 1]"),
@@ -296,14 +345,11 @@ def dgp_compare(
     side-by-side test scores; write OUT/<dataset>/comparison.{json,png} and OUT/comparison.md."""
     import json
 
-    from .dgp.compare import COMPARE_DATASETS, compare_with_dgp
-    from .dgp.deep_gp import DGPConfig
-
-    names = list(COMPARE_DATASETS) if dataset.strip() == "all" else _split(dataset, str)
+    names = list(COMPARE_DATASETS) if dataset.strip() == "all" else _split(dataset, str, "--dataset")
     unknown = [n for n in names if n not in COMPARE_DATASETS]
     if unknown or not names:
         _fail(f"unknown --dataset {dataset!r}; choose from {', '.join(COMPARE_DATASETS)} or all")
-    seed_list = _split(seeds, int)
+    seed_list = _split(seeds, int, "--seeds")
     if not seed_list:
         _fail("--seeds needs at least one value")
     if drop_rate == "auto":
@@ -312,7 +358,11 @@ def dgp_compare(
         _fail(f"--mc-samples must be >= 2, got {mc_samples}")
     configs = {n: _guarded(_config, method, n, 0, device, regression_ok=True, model=model, density=density, epochs=epochs,
                            lr=lr, drop_rate=drop_rate) for n in names}
+    from .dgp.compare import compare_with_dgp
+    from .dgp.deep_gp import DGPConfig  # gpytorch
+
     dgp_config = _guarded(DGPConfig, epochs=dgp_epochs, num_inducing=inducing)
+    _guarded(check_writable_dir, out)
     tables = []
     for i, name in enumerate(names, 1):
         console.print(f"[{i}/{len(names)}] {name}: {method} network and deep GP, seeds {seed_list}")
@@ -349,14 +399,12 @@ def export(
     checkpoint_path = run_dir / "checkpoint.pt"
     if not checkpoint_path.is_file():
         _fail(f"no checkpoint at {checkpoint_path}; train first (`cigl-bayes train --out {run_dir}`)")
-    try:
-        checkpoint = load_checkpoint(checkpoint_path)
-    except Exception as error:  # truncated / foreign file
-        _fail(f"could not read {checkpoint_path}: {error}")
+    target = out if out is not None else run_dir / "model-sparse.npz"
+    _guarded(check_writable_file, target)
+    checkpoint = _guarded(load_checkpoint, checkpoint_path)  # tensors and plain data only: no code runs
     if not isinstance(checkpoint, dict):
         _fail(f"{checkpoint_path} is not a cigl-bayes checkpoint")
     model, meta = _guarded(model_from_run, checkpoint)
-    target = out if out is not None else run_dir / "model-sparse.npz"
     path = _guarded(export_sparse, model, target, meta, format, values_dtype)
     size, dense = path.stat().st_size, dense_state_bytes(model)
     density = measured_density(model)
@@ -369,7 +417,8 @@ def predict(
     model_file: Path = typer.Option(..., "--model", help="file written by `cigl-bayes export`"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits or npz:PATH (default: the training dataset)"),
     data_dir: Optional[str] = DataDirOpt,
-    out: Path = typer.Option(Path("preds.csv"), "--out", help="CSV of class probabilities and predicted labels"),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV of class probabilities and predicted labels "
+                                                           "(default: preds.csv beside the --model file)"),
     batch_size: int = typer.Option(512, "--batch-size", help="inference batch size"),
 ) -> None:
     """Predict the test split of a dataset with an exported model; write OUT (probabilities, labels), print accuracy."""
@@ -381,6 +430,8 @@ def predict(
     from .export import load_sparse
     from .runner import known_class_probs
 
+    out = out if out is not None else model_file.parent / "preds.csv"
+    _guarded(check_writable_file, out)
     model, meta = _guarded(load_sparse, model_file)
     name = dataset or meta.get("dataset") or "digits"
     data = _guarded(load_dataset, name, data_dir)

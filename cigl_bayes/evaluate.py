@@ -73,3 +73,9 @@ def measured_density(model: nn.Module) -> float:
 def evaluate_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, ECE (10/15 bins, adaptive), MCE, NLL, Brier, classwise ECE."""
     return calibration_report(probs.float().cpu(), labels.cpu())
+
+
+def evaluate_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``evaluate_probs`` of ``exp(log_probs)``, with the NLL read exactly from ``log_probs``."""
+    log_probs = log_probs.cpu()
+    return calibration_report(log_probs.exp().float(), labels.cpu(), log_probs=log_probs)

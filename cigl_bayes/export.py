@@ -15,6 +15,11 @@ File format: one ``np.savez_compressed`` archive (``.npz``, deflate), written at
 
 * every other parameter / buffer densely as ``d:<name>`` (biases, BatchNorm statistics, ...).
 
+A run's export (``model_from_run``) is the *predictive* the run was scored with
+(``cigl_bayes.predictive``): ``__meta__`` then holds its ``predictive`` spec (kind, temperature,
+MC samples or ensemble size) and the names are its networks' (``model.*``, ``members.<i>.*``);
+``load_sparse`` rebuilds the same predictive, whose forward returns log-probabilities.
+
 Values are float32 (exact round trip) or float16 (``values_dtype="float16"``, half the value bytes).
 At density ``d`` the bitmask format costs about ``1/32 + d`` (float32) or ``1/32 + d/2`` (float16)
 of the dense float32 weight bytes, CSR about ``2 d`` (float32) + row pointers; bitmask is smaller
@@ -43,6 +48,7 @@ import torch
 from torch import nn
 
 from .models import MLP, build_model
+from .predictive import Predictive, from_spec
 from .sparse.masks import maskable_weight_names
 
 __all__ = [
@@ -67,6 +73,9 @@ _META = "__meta__"
 def _model_metadata(model: nn.Module) -> dict[str, Any]:
     """What ``load_sparse`` can infer about how to rebuild ``model`` (without a caller's metadata)."""
     meta: dict[str, Any] = {}
+    if isinstance(model, Predictive):
+        meta["predictive"] = model.spec()
+        model = model.networks()[0]
     if isinstance(model, MLP):
         meta.update(model="mlp", input_shape=list(model.input_shape), num_classes=model.num_classes,
                     hidden_sizes=list(model.hidden_sizes))
@@ -153,7 +162,7 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def _rebuild(meta: dict[str, Any], path: Path) -> nn.Module:
+def _rebuild_network(meta: dict[str, Any], path: Path) -> nn.Module:
     missing = [k for k in ("model", "input_shape", "num_classes") if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)} in its metadata; pass model= to load_sparse")
@@ -161,6 +170,20 @@ def _rebuild(meta: dict[str, Any], path: Path) -> nn.Module:
     if meta["model"] == "mlp" and meta.get("hidden_sizes") is not None:
         return MLP(tuple(meta["input_shape"]), int(meta["num_classes"]), tuple(meta["hidden_sizes"]), dropout=dropout)
     return build_model(meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]), dropout=dropout)
+
+
+def _rebuild(meta: dict[str, Any], path: Path) -> nn.Module:
+    """The exported module: a plain network, or the predictive (``meta["predictive"]``) over its networks."""
+    spec = meta.get("predictive")
+    if spec is None:
+        return _rebuild_network(meta, path)
+    count = int(spec.get("members", 1)) if isinstance(spec, dict) else 0
+    if count < 1:
+        raise ValueError(f"{path} has invalid predictive metadata {spec!r}")
+    try:
+        return from_spec(spec, [_rebuild_network(meta, path) for _ in range(count)])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} has invalid predictive metadata {spec!r}: {error}") from None
 
 
 def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -216,45 +239,28 @@ def dense_state_bytes(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- from a training run
 
 
-def model_from_run(checkpoint: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """The plain evaluated model of a run checkpoint (``runner.run``'s ``final_model``) and its metadata.
-
-    A ``SparseNet`` state dict (keys ``module.*`` and ``support.flat``) is unwrapped: the prefix is
-    stripped and the support (times the random mask's expected scale) applied to the weights, so
-    the returned module computes exactly what the evaluated eval-mode ``SparseNet`` computed.
-    """
+def model_from_run(checkpoint: dict[str, Any]) -> tuple[Predictive, dict[str, Any]]:
+    """The predictive a run was scored with (``runner.build_predictive``: the final or averaged
+    network, temperature-scaled, MC dropout or a snapshot ensemble), rebuilt from its checkpoint,
+    and export metadata. Its forward returns log-probabilities (their softmax is the predictive)."""
     from .config import RunConfig
-    from .data import load_dataset
-    from .methods import get_method
 
-    if "final_model" not in checkpoint or "config" not in checkpoint:
-        raise ValueError("the checkpoint holds no final model / config; it was not written by `cigl-bayes train`")
+    saved = checkpoint.get("predictive")
+    if not isinstance(saved, dict) or "config" not in checkpoint:
+        raise ValueError("the checkpoint holds no final predictive / config; it was not written by `cigl-bayes train` "
+                         "(or by a version before predictives were saved: train again)")
     config = RunConfig.from_dict(checkpoint["config"])
-    method = get_method(config.method)
-    data = load_dataset(config.data.dataset, config.data.data_dir, config.data.val_fraction)
-    outputs = data.num_classes + 1 if method.unknown_class else data.num_classes
-    dropout = config.model.dropout if method.mc_dropout else 0.0
-    model = build_model(config.model.name, data.input_shape, outputs, dropout=dropout)
-    state = dict(checkpoint["final_model"])
-    if "support.flat" in state:
-        flat = state["support.flat"].cpu().bool()
-        state = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-        scale = 1.0
-        if method.random_mask and not config.random_mask.rescale:
-            scale = 1.0 - config.random_mask.drop_rate  # eval-mode E = M * E[Z * scale]
-        offset = 0
-        for name in maskable_weight_names(model):
-            w = state[name]
-            chunk = flat[offset: offset + w.numel()].view(w.shape)
-            offset += w.numel()
-            state[name] = w.cpu() * chunk.to(w.dtype) * scale
-        if offset != flat.numel():
-            raise ValueError("the checkpoint's support does not match the model's weights")
-    model.load_state_dict({k: v.cpu() for k, v in state.items()})
-    meta = {"model": config.model.name, "input_shape": list(data.input_shape), "num_classes": outputs,
-            "labels": data.num_classes, "dropout": dropout, "method": config.method, "dataset": config.data.dataset,
+    architecture = dict(saved["architecture"])
+    networks = []
+    for state in saved["networks"]:
+        network = build_model(architecture["model"], tuple(architecture["input_shape"]), int(architecture["num_classes"]),
+                              dropout=float(architecture["dropout"]))
+        network.load_state_dict(state)
+        networks.append(network)
+    predictive = from_spec(saved["spec"], networks)
+    meta = {**architecture, "predictive": saved["spec"], "method": config.method, "dataset": config.data.dataset,
             "config": config.to_dict()}
-    return model.eval(), meta
+    return predictive.eval(), meta
 
 
 # ----------------------------------------------------------------------------- sparse inference

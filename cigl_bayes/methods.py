@@ -15,13 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bayes import HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesModel, SyncLearnedKeep, prior_precision_for_weight_decay
 from .cigl import RandomMask, SnapshotAveraging, mask_update_by_z
 from .config import RunConfig
 from .data import DATASET_NAMES, REGRESSION_DATASET_NAMES, DataSplits, DeviceLoader, augmentation_for
 from .drop_rate import is_auto
 from .models import MODEL_NAMES, build_model
-from .ood.moon import AlphaSchedule, MoonObjective
+from .ood.moon import AlphaSchedule, MoonObjective, check_warmup
 from .sparse import DropSchedule, SparseNet, TopologyUpdater
 from .train import Trainer, build_lr_scheduler, build_sgd
 
@@ -87,7 +86,20 @@ def validate(config: RunConfig, regression_ok: bool = False) -> None:
         check_regression_method(config.method, method)
     elif not (config.data.dataset in DATASET_NAMES or config.data.dataset.startswith(("npz:", "synthetic:"))):
         raise ValueError(f"unknown dataset {config.data.dataset!r}; choose one of {', '.join(DATASET_NAMES)} or npz:PATH")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
+    if method.unknown_class:
+        check_warmup(config.moon.warmup_epochs, config.optim.epochs)
+    check_device(config.device)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, or ``cuda`` / ``cuda:N`` when CUDA is available (``ValueError`` naming the fix otherwise)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use --device cpu or --device cuda (cuda:N for GPU N)")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
 
 
@@ -121,6 +133,9 @@ class Assembled:
 def _objective(method: Method, config: RunConfig, model: nn.Module, data: DataSplits, steps_per_epoch: int) -> tuple[Callable | None, dict[str, Any]]:
     """The method's training objective (None: cross-entropy of ``model(x)``) and extra parts."""
     if method.svi:  # -ELBO/N; its KL term replaces weight decay on the maskable weights
+        from .bayes import (HierarchicalGuide, LearnableKeep, NegativeELBO, SparseBayesModel, SyncLearnedKeep,
+                            prior_precision_for_weight_decay)  # pyro: imported only where it is used
+
         keep, rescale = 1.0 - config.random_mask.drop_rate, config.random_mask.rescale
         scale = 1.0 / keep if rescale else 1.0
         num_data = data.x_train.shape[0]
@@ -146,12 +161,8 @@ def assemble(
     data: DataSplits,
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
-    extra_inputs: dict[str, torch.Tensor] | None = None,
 ) -> Assembled:
-    """Build model, masks, optimiser, schedules, hooks and trainer for ``config.method``.
-
-    ``extra_inputs`` (e.g. OOD sets) are predicted alongside val/test by prediction averaging.
-    """
+    """Build model, masks, optimiser, schedules, hooks and trainer for ``config.method``."""
     method = get_method(config.method)
     if data.is_regression:
         check_regression_method(config.method, method)
@@ -198,7 +209,6 @@ def assemble(
     if method.averaging is not None:
         averaging = SnapshotAveraging(model, averaging_start, data.x_train, batch_size=max(256, config.data.batch_size),
                                       mode=method.averaging, sample_mask=config.averaging.sample_mask,
-                                      eval_inputs={"val": data.x_val, "test": data.x_test, **(extra_inputs or {})},
                                       bn_transform=transform, seed=config.seed)
     if config.compile and objective is not None:
         raise ValueError(f"--compile covers methods trained on a plain loss; {config.method!r} has its own objective")

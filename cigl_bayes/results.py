@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 SUMMARY_METRICS = ("accuracy", "ece", "nll", "brier")
@@ -54,16 +55,23 @@ def summarise(rows: list[dict[str, Any]], group_by: Sequence[str] = ("method", "
     return summary
 
 
-def summary_table(summary: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"), metrics: Sequence[str] = SUMMARY_METRICS, title: str | None = None) -> Table:
-    """A rich table of ``summarise`` output: mean ± std per metric."""
-    table = Table(title=title)
+def summary_table(summary: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"),
+                  metrics: Sequence[str] = SUMMARY_METRICS, title: str | None = None) -> Table:
+    """A compact rich table of ``summarise`` output (about 80 columns for four metrics): ``mean ± std``
+    per metric over a group's runs, the mean alone for a single run (say the runs in ``title``)."""
+    table = Table(title=title, box=box.HORIZONTALS, show_edge=False, padding=(0, 0))
     for k in group_by:
         table.add_column(k)
-    table.add_column("runs", justify="right")
     for m in metrics:
         table.add_column(m, justify="right")
     for entry in summary:
-        cells = [str(entry[k]) for k in group_by] + [str(entry["runs"])]
-        cells += ["—" if entry[f"{m}_mean"] is None else f"{entry[f'{m}_mean']:.4f} ± {entry[f'{m}_std']:.4f}" for m in metrics]
+        cells = [str(entry[k]) for k in group_by]
+        cells += [_cell(entry[f"{m}_mean"], entry[f"{m}_std"], entry["runs"]) for m in metrics]
         table.add_row(*cells)
     return table
+
+
+def _cell(mean: float | None, std: float | None, runs: int) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4f}" if runs == 1 or std is None else f"{mean:.4f} ± {std:.4f}"

@@ -11,47 +11,78 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bayes import mc_predictive_probs
 from .config import RunConfig
 from .data import DataSplits, load_dataset
 from .drop_rate import choose_drop_rate, is_auto
-from .evaluate import evaluate_probs, mc_predict_probs, measured_density, predict_logits
+from .evaluate import evaluate_log_probs, measured_density, predict_logits
 from .methods import Assembled, assemble, get_method, validate
-from .temperature import apply_temperature, fit_temperature
+from .predictive import EnsemblePredictive, MCPredictive, PointPredictive, Predictive, log_predict
+from .temperature import fit_temperature
+from .train.checkpoint import save_weights
+from .train.run_dir import locked_run_dir
+
+
+def build_predictive(parts: Assembled, config: RunConfig, data: DataSplits) -> tuple[Predictive, dict[str, Any]]:
+    """The predictive ``parts.method`` is scored with -- and exported as -- and notes on it:
+    the snapshot ensemble (prediction averaging), MC dropout, a temperature-scaled network
+    (fitted on the validation split), or the final (averaged) network."""
+    method, notes = parts.method, {}
+    if parts.averaging is not None:
+        notes["snapshots"] = parts.averaging.count
+        if parts.averaging.ensemble is not None:
+            return EnsemblePredictive(parts.averaging.ensemble.members), notes
+    model = final_model(parts)
+    if hasattr(model, "unwrap"):  # a SparseNet: the plain network with its eval-mode weights
+        model = model.unwrap()
+    if method.mc_dropout:
+        notes["mc_samples"] = config.eval.mc_samples
+        return MCPredictive(model, config.eval.mc_samples), notes
+    if method.temperature:
+        notes["temperature"] = fit_temperature(predict_logits(model, data.x_val, config.eval.batch_size), data.y_val)
+        return PointPredictive(model, notes["temperature"]), notes
+    return PointPredictive(model), notes
+
+
+def predictive_state(predictive: Predictive, config: RunConfig, data: DataSplits) -> dict[str, Any]:
+    """What ``export.model_from_run`` needs to rebuild ``predictive`` (saved in the checkpoint)."""
+    method = get_method(config.method)
+    architecture = {"model": config.model.name, "input_shape": list(data.input_shape),
+                    "num_classes": data.num_classes + 1 if method.unknown_class else data.num_classes,
+                    "labels": data.num_classes, "dropout": config.model.dropout if method.mc_dropout else 0.0}
+    return {"spec": predictive.spec(), "architecture": architecture,
+            "networks": [network.state_dict() for network in predictive.networks()]}
 
 
 def final_predictions(
-    parts: Assembled, config: RunConfig, data: DataSplits, extra_inputs: dict[str, torch.Tensor] | None = None
+    parts: Assembled, config: RunConfig, data: DataSplits, extra_inputs: dict[str, torch.Tensor] | None = None,
+    predictive: tuple[Predictive, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Probabilities over all outputs (``K``, or ``K + 1`` with an unknown class) of the model each
-    method evaluates on val, test and ``extra_inputs``, and notes on how they were obtained."""
+    """Log-probabilities over all outputs (``K``, or ``K + 1`` with an unknown class) of the method's
+    predictive (``build_predictive``, or the one given) on val, test and ``extra_inputs``, and notes
+    on how they were obtained (with the MC predictive over random masks / the guide, if any)."""
     method, batch = parts.method, config.eval.batch_size
+    model, notes = predictive if predictive is not None else build_predictive(parts, config, data)
+    notes = {**notes, "measured_density": measured_density(model.networks()[0])}
     inputs = {"val": data.x_val, "test": data.x_test, **(extra_inputs or {})}
-    notes: dict[str, Any] = {}
-    if parts.averaging is not None and parts.averaging.predictions is not None:
-        notes["snapshots"] = parts.averaging.count
-        return {k: parts.averaging.predictions.mean[k] for k in inputs}, notes
-    model = final_model(parts)
-    if parts.averaging is not None:
-        notes["snapshots"] = parts.averaging.count
-    notes["measured_density"] = measured_density(model)
-    if method.svi:  # MC predictive through pyro.infer.Predictive over the guide
-        notes["prior_precision"] = parts.extras["prior_precision"]
-        mc = mc_predictive_probs(parts.extras["bayes_model"], parts.extras["guide"], data.x_test, config.eval.mc_samples, batch)
-    elif method.random_mask:  # MC predictive over fresh random masks of the final network
-        mc = mc_predict_probs(parts.model, data.x_test, config.eval.mc_samples, batch)
+    log_probs = {k: log_predict(model, x, batch) for k, x in inputs.items()}
     if method.random_mask:
-        mc = known_class_probs(mc, data.num_classes)
-        notes["mc_predictive"] = {"mc_samples": config.eval.mc_samples, **evaluate_probs(mc, data.y_test)}
-    if method.mc_dropout:
-        notes["mc_samples"] = config.eval.mc_samples
-        return {k: mc_predict_probs(model, x, config.eval.mc_samples, batch) for k, x in inputs.items()}, notes
-    logits = {k: predict_logits(model, x, batch) for k, x in inputs.items()}
-    if method.temperature:
-        temperature = fit_temperature(logits["val"], data.y_val)
-        notes["temperature"] = temperature
-        return {k: apply_temperature(v, temperature) for k, v in logits.items()}, notes
-    return {k: v.softmax(-1) for k, v in logits.items()}, notes
+        notes["mc_predictive"] = {"mc_samples": config.eval.mc_samples, **_mc_report(parts, config, data)}
+    if method.svi:
+        notes["prior_precision"] = parts.extras["prior_precision"]
+    return log_probs, notes
+
+
+def _mc_report(parts: Assembled, config: RunConfig, data: DataSplits) -> dict[str, float]:
+    """Test metrics of the MC predictive over random masks of the final network (over the guide
+    through ``pyro.infer.Predictive`` for SVI)."""
+    samples, batch = config.eval.mc_samples, config.eval.batch_size
+    if parts.method.svi:
+        from .bayes import mc_predictive_log_probs
+
+        log_probs = mc_predictive_log_probs(parts.extras["bayes_model"], parts.extras["guide"], data.x_test, samples, batch)
+    else:
+        log_probs = log_predict(MCPredictive(parts.model, samples), data.x_test, batch)
+    return evaluate_log_probs(known_class_log_probs(log_probs, data.num_classes), data.y_test)
 
 
 def known_class_probs(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -62,14 +93,22 @@ def known_class_probs(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
     return known / known.sum(-1, keepdim=True)
 
 
-def msp(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+def known_class_log_probs(log_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``known_class_probs`` in log space."""
+    if log_probs.shape[-1] == num_classes:
+        return log_probs
+    known = log_probs[..., :num_classes]
+    return known - known.logsumexp(-1, keepdim=True)
+
+
+def msp(log_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
     """MOON's OOD score: max softmax probability over the ``K`` known classes (unknown mass kept in
     the denominator); the usual MSP for a ``K``-way model. Larger = more in-distribution."""
-    return probs[..., :num_classes].max(-1).values
+    return log_probs[..., :num_classes].max(-1).values.exp()
 
 
 def final_model(parts: Assembled) -> nn.Module:
-    """The model a method evaluates and saves (the averaged one for WMA methods)."""
+    """The network a method's point predictive uses (the averaged one for WMA methods)."""
     if parts.averaging is not None and parts.averaging.weights is not None:
         return parts.averaging.weights.averaged
     return parts.model
@@ -83,7 +122,17 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
     labels), validation metrics, measured density, the config and the loss history. With
     ``ood=True`` the record also holds ``ood``: per OOD set (``data.shifts.ood_sets``) AUROC,
     FPR@95TPR, AUPR-In/Out of the MSP score, and ``ood_scores.png`` is written.
+    ``out_dir`` is held under a lock for the run (a second run into it fails) and cleared of
+    temporaries a killed run left; the final weights also go to ``model.safetensors``.
     """
+    if out_dir is None:
+        return _run(config, None, progress, resume, ood)
+    with locked_run_dir(out_dir):
+        return _run(config, out_dir, progress, resume, ood)
+
+
+def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, resume: bool, ood: bool) -> dict[str, Any]:
+    """``run`` once its output folder (if any) is held."""
     from .data.shifts import ood_sets
     from .metrics.ood import ood_report
 
@@ -97,16 +146,18 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
         mask_choice = {"drop_rate": config.random_mask.drop_rate, "chosen_by": "given"}
         if is_auto(config):
             config, mask_choice = choose_drop_rate(config, data)
-    parts = assemble(config, data, checkpoint, progress, extra_inputs={f"ood:{k}": v for k, v in shifted.items()})
+    parts = assemble(config, data, checkpoint, progress)
     if resume and checkpoint is not None and checkpoint.is_file():
         _check_resumable(checkpoint, config)
         parts.trainer.resume(checkpoint)
     history = parts.trainer.fit()
+    predictive = build_predictive(parts, config, data)
     if checkpoint is not None:
         # Saved before evaluation: MC sampling draws from the global RNG, and a resumed run must
         # start from the end-of-training RNG state (else --resume changes MC-dropout metrics).
-        parts.trainer.save(checkpoint, extra={"final_model": final_model(parts).state_dict()})
-    probs, notes = final_predictions(parts, config, data, {f"ood:{k}": v for k, v in shifted.items()})
+        parts.trainer.save(checkpoint, extra={"predictive": predictive_state(predictive[0], config, data)})
+        _save_weights(predictive[0], out / "model.safetensors", config)
+    log_probs, notes = final_predictions(parts, config, data, {f"ood:{k}": v for k, v in shifted.items()}, predictive)
     k = data.num_classes
     record: dict[str, Any] = {
         "method": config.method,
@@ -114,20 +165,20 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
         "model": config.model.name,
         "density": config.sparsity.density if parts.method.sparse else 1.0,
         "seed": config.seed,
-        **evaluate_probs(known_class_probs(probs["test"], k), data.y_test),
-        "val": evaluate_probs(known_class_probs(probs["val"], k), data.y_val),
+        **evaluate_log_probs(known_class_log_probs(log_probs["test"], k), data.y_test),
+        "val": evaluate_log_probs(known_class_log_probs(log_probs["val"], k), data.y_val),
         **notes,
         **({"random_mask": mask_choice} if mask_choice is not None else {}),
         "train_loss": history.loss,
         "config": config.to_dict(),
     }
-    scores = {name: msp(p, k).cpu() for name, p in probs.items() if name == "test" or name.startswith("ood:")}
+    scores = {name: msp(lp, k).cpu() for name, lp in log_probs.items() if name == "test" or name.startswith("ood:")}
     if ood:
         record["ood"] = {name[4:]: ood_report(scores["test"], s) for name, s in scores.items() if name != "test"}
     if out is not None:
         from .metrics.plots import plot_reliability_diagram
 
-        plot_reliability_diagram(known_class_probs(probs["test"], k).cpu(), data.y_test.cpu(), out / "reliability.png",
+        plot_reliability_diagram(known_class_log_probs(log_probs["test"], k).exp().cpu(), data.y_test.cpu(), out / "reliability.png",
                                  title=f"{config.method} on {config.data.dataset} (test)")
         if ood:
             from .ood.plots import plot_score_histograms
@@ -136,6 +187,17 @@ def run(config: RunConfig, out_dir: str | os.PathLike | None = None, progress: b
                                   out / "ood_scores.png", title=f"{config.method}: MSP score, ID vs OOD")
         _write_json_atomic(record, out / "metrics.json")
     return record
+
+
+def _save_weights(predictive: Predictive, path: Path, config: RunConfig) -> None:
+    """The predictive's network weights as safetensors (keys ``member<i>.`` prefixed for an ensemble)."""
+    networks = predictive.networks()
+    if len(networks) == 1:
+        state = networks[0].state_dict()
+    else:
+        state = {f"member{i}.{k}": v for i, network in enumerate(networks) for k, v in network.state_dict().items()}
+    save_weights(state, path, metadata={"method": config.method, "networks": str(len(networks)),
+                                        "config": json.dumps(config.to_dict())})
 
 
 def _check_resumable(checkpoint: Path, config: RunConfig) -> None:

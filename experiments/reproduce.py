@@ -73,7 +73,7 @@ def build_grid(table: dict[str, Any], args: argparse.Namespace) -> tuple[list, l
     for method in methods:
         for density in densities:
             for seed in seeds:
-                config = recipe(table["dataset"]).with_(
+                config = recipe(table["dataset"], table["model"]).with_(
                     method=method, seed=seed, device=args.device, data__dataset=dataset, data__data_dir=args.data_dir,
                     model__name=model, sparsity__density=density, **changes)
                 try:

@@ -25,9 +25,9 @@ import torch.distributed as dist
 
 from cigl_bayes.config import recipe
 from cigl_bayes.data import load_dataset
-from cigl_bayes.evaluate import evaluate_probs
+from cigl_bayes.evaluate import evaluate_log_probs
 from cigl_bayes.methods import assemble, validate
-from cigl_bayes.runner import final_model, final_predictions, known_class_probs
+from cigl_bayes.runner import build_predictive, final_predictions, known_class_log_probs, predictive_state
 from cigl_bayes.train.distributed import distribute, init_from_env, is_main_process, world_size
 
 
@@ -73,17 +73,18 @@ def main() -> None:
     history = parts.trainer.fit()
 
     if is_main_process():  # weights are identical on every rank: evaluate once
-        probs, notes = final_predictions(parts, config, data)
+        predictive = build_predictive(parts, config, data)
+        log_probs, notes = final_predictions(parts, config, data, predictive=predictive)
         k = data.num_classes
         record = {
             "method": config.method, "dataset": config.data.dataset, "seed": config.seed, "world_size": world_size(),
-            **evaluate_probs(known_class_probs(probs["test"], k), data.y_test),
-            "val": evaluate_probs(known_class_probs(probs["val"], k), data.y_val),
+            **evaluate_log_probs(known_class_log_probs(log_probs["test"], k), data.y_test),
+            "val": evaluate_log_probs(known_class_log_probs(log_probs["val"], k), data.y_val),
             **notes, "train_loss_rank0": history.loss, "config": config.to_dict(),
         }
         print(json.dumps({key: record[key] for key in record if key not in ("config", "val")}, default=float))
         if out is not None:
-            parts.trainer.save(out / "checkpoint.pt", extra={"final_model": final_model(parts).state_dict()})
+            parts.trainer.save(out / "checkpoint.pt", extra={"predictive": predictive_state(predictive[0], config, data)})
             (out / "metrics.json").write_text(json.dumps(record, indent=2, default=float))
     if dist.is_initialized():
         dist.barrier()

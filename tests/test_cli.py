@@ -41,7 +41,7 @@ def test_train_writes_metrics_plot_and_checkpoint(runner: CliRunner, tmp_path: P
     out = tmp_path / "run"
     result = _invoke(runner, "train", "--method", "rigl", "--density", "0.2", *TINY, "--out", out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "reliability.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.safetensors", "reliability.png"]
     metrics = _metrics(out)
     for key in ("accuracy", "ece", "brier"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -54,8 +54,8 @@ def test_train_writes_metrics_plot_and_checkpoint(runner: CliRunner, tmp_path: P
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["method"] == "rigl"
-    assert "final_model" in checkpoint and "model" in checkpoint and "optimizer" in checkpoint
-    assert f"rigl on digits: accuracy {metrics['accuracy']:.4f}" in result.stdout
+    assert "predictive" in checkpoint and "model" in checkpoint and "optimizer" in checkpoint
+    assert f"rigl on digits: accuracy {metrics['accuracy']:.4f}, ece (10 bins) {metrics['ece']:.4f}" in result.stdout
     assert str(out / "metrics.json") in result.stdout
 
 
@@ -133,7 +133,7 @@ BAD_CASES = [
     ("drop-rate-1", "drop rate"),
     ("compare-unknown-method", "unknown method 'lottery'"),
     ("compare-density-0", "density must be in (0, 1]"),
-    ("compare-bad-seeds", "could not parse"),
+    ("compare-bad-seeds", "could not parse --seeds '0,x' as comma-separated integers"),
     ("compare-empty", "at least one value"),
 ]
 
@@ -301,3 +301,280 @@ def test_dgp_compare_bad_input_exits_2(args: list, expected: str, runner: CliRun
 def test_regression_set_in_train_names_dgp_compare(runner: CliRunner, tmp_path: Path) -> None:
     result = _invoke(runner, "train", "--dataset", "diabetes", "--no-progress", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "dgp-compare --dataset diabetes" in result.stderr
+
+
+# ----------------------------------------------------------------------------- help from the registries (issue 13, item 7)
+
+
+def _help_tokens(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[\w:.-]+", text.replace("│", " ")))
+
+
+def test_train_help_lists_every_registered_method_model_and_dataset(runner: CliRunner) -> None:
+    from cigl_bayes.data import DATASET_NAMES
+    from cigl_bayes.methods import METHODS
+    from cigl_bayes.models import MODEL_NAMES
+
+    result = _invoke(runner, "train", "--help")
+    assert result.exit_code == 0
+    tokens = {t.rstrip(",.") for t in _help_tokens(result.stdout)}
+    for name in (*METHODS, *MODEL_NAMES, *DATASET_NAMES):
+        assert name in tokens, name
+    for command in ("compare", "ood"):  # their --methods help names the registry too
+        help_text = _invoke(runner, command, "--help").stdout
+        assert {"rigl-wdp", "moon-vote"} <= {t.rstrip(",.") for t in _help_tokens(help_text)}, command
+
+
+# ----------------------------------------------------------------------------- untrusted checkpoints (items 10, 11)
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["resume", "export"])
+def test_crafted_checkpoint_runs_no_code(command: str, runner: CliRunner, tmp_path: Path) -> None:
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    config = _config("rigl", "digits", 0, "cpu", model="mlp", epochs=2, batch_size=128, update_every=2).to_dict()
+    torch.save({"epoch": 1, "config": config, "final_model": {}, "payload": _Payload(marker)}, out / "checkpoint.pt")
+    args = ["train", "--method", "rigl", *TINY, "--out", out, "--resume"] if command == "resume" else ["export", "--run", out]
+    line = _one_error_line(_invoke(runner, *args))
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert "refusing to load" in line and "system" in line
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_resume_over_a_damaged_checkpoint_exits_2(damage: str, runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--method", "rigl", *TINY, "--out", out]
+    assert _invoke(runner, *args).exit_code == 0
+    checkpoint = out / "checkpoint.pt"
+    content = {"empty": b"", "truncated": checkpoint.read_bytes()[:2000], "garbage": b"\x00garbage" * 100}[damage]
+    checkpoint.write_bytes(content)
+    line = _one_error_line(_invoke(runner, *args, "--resume"))
+    assert str(checkpoint) in line and "not a readable checkpoint" in line
+
+
+def test_train_writes_final_weights_as_safetensors(runner: CliRunner, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    assert _invoke(runner, "train", "--method", "cigl", *TINY, "--out", out).exit_code == 0
+    weights = load_file(out / "model.safetensors")
+    networks = load_checkpoint(out / "checkpoint.pt")["predictive"]["networks"]
+    assert len(networks) == 1 and weights.keys() == networks[0].keys()
+    for name, value in networks[0].items():
+        assert torch.equal(weights[name], value), name
+
+
+# ----------------------------------------------------------------------------- unusable --out (items 11, 12, 13, 15)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A folder nobody may write into (for root, whom chmod does not stop, writes under it are refused)."""
+    import errno
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        def refuse(fn, writes):
+            def guarded(path, *args, **kwargs):
+                flags = args[0] if args else kwargs.get("flags", 0)
+                if Path(os.fsdecode(path)).resolve().is_relative_to(folder) and (writes(flags)):
+                    raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+                return fn(path, *args, **kwargs)
+            return guarded
+
+        monkeypatch.setattr(os, "mkdir", refuse(os.mkdir, lambda flags: True))
+        monkeypatch.setattr(os, "open", refuse(os.open, lambda flags: flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(self, *args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(Trainer, "fit", fail)
+
+
+OOD_TINY = ["--model", "mlp", "--epochs", "2", "--batch-size", "128", "--no-progress"]
+COMMANDS = {
+    "train": ["train", "--method", "rigl", *TINY],
+    "compare": ["compare", "--methods", "rigl", "--densities", "0.1", "--seeds", "0", *TINY],
+    "ood": ["ood", "--methods", "rigl", "--seeds", "0", *OOD_TINY],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_naming_a_file_exits_2(command: str, runner: CliRunner, tmp_path: Path, no_training) -> None:
+    out = tmp_path / "results.txt"
+    out.write_text("keep me")
+    line = _one_error_line(_invoke(runner, *COMMANDS[command], "--out", out))
+    assert str(out) in line and "not a folder" in line
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_in_a_read_only_folder_exits_2_before_training(command: str, runner: CliRunner, read_only_dir: Path, no_training) -> None:
+    out = read_only_dir / "run"
+    line = _one_error_line(_invoke(runner, *COMMANDS[command], "--out", out))
+    assert str(out) in line and "cannot write" in line
+    assert not out.exists()
+
+
+def test_device_tpu_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    line = _one_error_line(_invoke(runner, "train", *TINY, "--device", "tpu", "--out", tmp_path / "out"))
+    assert "'tpu'" in line and "--device cpu" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_into_a_busy_out_exits_2(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one run trains into OUT, another into the same OUT is refused (the first one finishes)."""
+    import threading
+
+    from cigl_bayes.runner import run
+
+    out = tmp_path / "run"
+    config = _config("rigl", "digits", 0, "cpu", model="mlp", epochs=2, batch_size=128, update_every=2)
+    started, release, records = threading.Event(), threading.Event(), []
+    real_fit = Trainer.fit
+
+    def held_fit(self, *args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", held_fit)
+    first = threading.Thread(target=lambda: records.append(run(config, out, progress=False)))
+    first.start()
+    try:
+        assert started.wait(60)
+        line = _one_error_line(_invoke(runner, "train", "--method", "rigl", *TINY, "--out", out))
+        assert str(out) in line and "in use by another run" in line
+    finally:
+        release.set()
+        first.join(60)
+    assert records and _metrics(out)["accuracy"] == records[0]["accuracy"]
+    assert _invoke(runner, "train", "--method", "rigl", *TINY, "--out", out).exit_code == 0  # free again
+
+
+def test_train_removes_stale_temporaries_of_a_killed_run(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = ["checkpoint.pt.tmp", ".checkpoint.pt.k2j4x9.tmp", "metrics.json.tmp", ".model.safetensors.a1b2c3.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"half")
+    (out / "notes.tmp").write_text("not ours")
+    assert _invoke(runner, "train", "--method", "rigl", *TINY, "--out", out).exit_code == 0
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(stale) and "notes.tmp" in names
+
+
+# ----------------------------------------------------------------------------- fast start (item 14)
+
+
+def test_help_and_bad_input_do_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cigl_bayes.cli import app\n"
+        "for args in (['--help'], ['train', '--help'], ['train', '--density', '2'], ['compare', '--methods', 'lottery'],\n"
+        "             ['ood', '--methods', 'moon', '--epochs', '2', '--moon-warmup', '5'],\n"
+        "             ['dgp-compare', '--dataset', 'iris'], ['export', '--run', '/nonexistent']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code in (0, 2), (args, result.output)\n"
+        "print(sorted(m for m in ('pyro', 'gpytorch', 'arviz', 'matplotlib') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- inputs that failed late (item 15)
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("exported") / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--method", "rigl", *TINY, "--out", str(run_dir)]).exit_code == 0
+    assert runner.invoke(app, ["export", "--run", str(run_dir)]).exit_code == 0
+    return run_dir / "model-sparse.npz"
+
+
+def test_predict_out_naming_a_folder_exits_2(runner: CliRunner, exported_model: Path, tmp_path: Path) -> None:
+    line = _one_error_line(_invoke(runner, "predict", "--model", exported_model, "--out", tmp_path))
+    assert str(tmp_path) in line and "folder" in line
+
+
+def test_predict_writes_next_to_the_model_by_default(runner: CliRunner, exported_model: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(runner, "predict", "--model", exported_model)
+    assert result.exit_code == 0, result.output
+    assert (exported_model.parent / "preds.csv").is_file() and not (tmp_path / "preds.csv").exists()
+
+
+def test_export_out_in_a_read_only_folder_exits_2(runner: CliRunner, exported_model: Path, read_only_dir: Path) -> None:
+    target = read_only_dir / "model.npz"
+    line = _one_error_line(_invoke(runner, "export", "--run", exported_model.parent, "--out", target))
+    assert str(target) in line and "cannot write" in line
+    assert not target.exists()
+
+
+def test_ood_validates_the_whole_grid_before_training(runner: CliRunner, tmp_path: Path, make_npz, no_training) -> None:
+    out = tmp_path / "out"
+    line = _one_error_line(_invoke(runner, "ood", "--methods", "rigl,moon", "--seeds", "0", *OOD_TINY, "--moon-warmup", "5",
+                                   "--out", out))
+    assert "warm-up" in line
+    no_ood = make_npz(tmp_path / "plain.npz")  # no x_ood arrays
+    line = _one_error_line(_invoke(runner, "ood", "--methods", "rigl", "--seeds", "0", *OOD_TINY, "--dataset", f"npz:{no_ood}",
+                                   "--out", out))
+    assert "x_ood" in line
+    assert not out.exists()
+
+
+def test_list_parse_error_names_the_option_and_type(runner: CliRunner, tmp_path: Path) -> None:
+    line = _one_error_line(_invoke(runner, "compare", "--densities", "0.1,a", "--out", tmp_path / "out"))
+    assert "--densities" in line and "'0.1,a'" in line and "numbers" in line
+
+
+# ----------------------------------------------------------------------------- newcomer friction (item 16)
+
+
+def test_compare_table_is_readable_at_100_columns(runner: CliRunner, tmp_path: Path) -> None:
+    result = _invoke(runner, "compare", "--methods", "rigl,cigl", "--densities", "0.1", "--seeds", "0", *TINY,
+                     "--out", tmp_path / "grid")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.split("\nwrote ")[0].splitlines()  # the tables (the last line names the files)
+    assert max(len(line) for line in lines) <= 100, "\n".join(lines)
+    assert "±" not in result.stdout  # one seed: the mean alone
+    assert any("mc_" in line and "MC predictive" in line for line in lines)  # the mc_* columns are explained
+
+
+def test_progress_bar_goes_to_stderr(runner: CliRunner, tmp_path: Path) -> None:
+    args = [a for a in TINY if a != "--no-progress"]
+    result = _invoke(runner, "train", "--method", "rigl", *args, "--progress", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
+    assert "rigl" in result.stderr

@@ -89,9 +89,23 @@ def test_summary_table_renders_mean_and_std() -> None:
         {"method": "rigl", "density": 0.1, "accuracy": 0.8, "ece": 0.07, "nll": 0.5, "brier": 0.2},
     ]
     table = summary_table(summarise(rows), title="grid")
-    assert table.row_count == 1 and len(table.columns) == 2 + 1 + len(SUMMARY_METRICS)
+    assert table.row_count == 1 and len(table.columns) == 2 + len(SUMMARY_METRICS)  # no runs column: one group
     console = Console(width=200, record=True)
     console.print(table)
     text = console.export_text()
     assert "grid" in text and "rigl" in text
     assert "0.8500 ± 0.0707" in text  # accuracy: mean 0.85, sample std 0.1/sqrt(2)
+
+
+def test_summary_table_shows_a_single_run_as_its_mean_and_fits_80_columns() -> None:
+    rows = [
+        {"method": "rigl", "density": 0.1, "accuracy": 0.9, "ece": 0.05, "nll": 0.3, "brier": 0.1},
+        {"method": "rigl", "density": 0.1, "accuracy": 0.8, "ece": 0.07, "nll": 0.5, "brier": 0.2},
+        {"method": "cigl", "density": 0.1, "accuracy": 0.95, "ece": 0.04, "nll": 0.2, "brier": 0.08},
+    ]
+    console = Console(width=80, record=True)
+    console.print(summary_table(summarise(rows)))
+    text = console.export_text()
+    assert "0.9500 " in text and "0.9500 ±" not in text  # one run: the mean alone
+    assert "0.8500 ± 0.0707" in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80

@@ -3,7 +3,7 @@
 from .guide import HierarchicalGuide
 from .kl import bernoulli_entropy, equivalent_l2_coefficient, gal_kl, gaussian_kl, prior_precision_for_weight_decay
 from .model import KL_MODES, LIKELIHOODS, LearnableKeep, SparseBayesModel, active_values, mask_distribution, scatter_to_layers
-from .predictive import mc_predictive_probs
+from .predictive import mc_predictive_log_probs, mc_predictive_probs
 from .svi import NegativeELBO, SyncLearnedKeep
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "gal_kl",
     "gaussian_kl",
     "mask_distribution",
+    "mc_predictive_log_probs",
     "mc_predictive_probs",
     "prior_precision_for_weight_decay",
     "scatter_to_layers",

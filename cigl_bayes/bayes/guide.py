@@ -11,6 +11,8 @@ The values :math:`V` are the network's stored weights (torch parameters updated 
 optimiser); :math:`p` is fixed; :math:`s` small. With ``kl="gal"`` only ``"mask"`` is sampled
 (:math:`s \to 0`, the weights are deterministic given :math:`Z`). A ``LearnableKeep`` makes
 :math:`p` a variational parameter with a relaxed-Bernoulli mask (concrete dropout).
+Each call records its :math:`M \odot Z \cdot c` as the net's ``last_sampled_mask``, so the
+"mask momentum by Z" step wrapper masks the update with the step's own :math:`Z`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyro.distributions as dist
 from torch import Tensor
 
 from ..sparse.network import SparseNet
-from .model import KL_MODES, LearnableKeep, active_values, keep_and_scale, mask_distribution
+from .model import KL_MODES, LearnableKeep, active_values, keep_and_scale, mask_distribution, scatter_active
 
 
 class HierarchicalGuide:
@@ -42,6 +44,9 @@ class HierarchicalGuide:
     def __call__(self, x: Tensor, y: Tensor | None = None) -> None:
         values = active_values(self.net)
         z = pyro.sample("mask", mask_distribution(self.keep, values))
+        scale = keep_and_scale(self.keep, self.rescale)[1]
+        # the step's effective mask M * Z * c, for "mask momentum by Z" (as SparseNet's sampled forward)
+        self.net.last_sampled_mask = scatter_active(self.net, (z * scale).detach())
         if self.kl == "mc":
-            mean = z * values * keep_and_scale(self.keep, self.rescale)[1]
+            mean = z * values * scale
             pyro.sample("weights", dist.Normal(mean, values.new_full(values.shape, self.slab_scale), validate_args=False).to_event(1))

@@ -11,7 +11,8 @@ Pyro's per-site tracing cost small):
   estimated by Monte Carlo through ``Trace_ELBO``. With ``kl="gal"`` the weights are the
   deterministic :math:`W = c\,Z \odot V` and Gal's closed-form KL enters as a ``pyro.factor``.
 - ``"obs"``: categorical (logits) or Gaussian (precision :math:`\tau`) likelihood inside a data
-  plate of size :math:`N` subsampled to the mini-batch (scale :math:`N/B`).
+  plate of size :math:`N` subsampled to the mini-batch (scale :math:`N/B`). Gaussian targets have
+  the output's shape, or (B,) for a one-output net.
 
 Biases and BatchNorm parameters are point estimates (ordinary torch parameters).
 """
@@ -77,11 +78,28 @@ def active_values(net: SparseNet) -> Tensor:
     return flat[net.support.active_indices()]
 
 
+def scatter_active(net: SparseNet, values: Tensor) -> Tensor:
+    """A flat vector over all maskable entries holding ``values`` at the active positions, zeros elsewhere."""
+    support = net.support
+    return values.new_zeros(support.total).index_put((support.active_indices(),), values)
+
+
 def scatter_to_layers(net: SparseNet, values: Tensor) -> list[Tensor]:
     """Per-layer weight tensors holding ``values`` at the active positions and zeros elsewhere."""
-    support = net.support
-    flat = values.new_zeros(support.total).index_put((support.active_indices(),), values)
-    return support.layer_views(flat)
+    return net.support.layer_views(scatter_active(net, values))
+
+
+def gaussian_targets(output: Tensor, y: Tensor | None) -> Tensor | None:
+    """``y`` in the shape of the network's ``output``: targets (B,) of a one-output net become (B, 1).
+
+    Any other shape is refused: broadcasting would silently sum :math:`\\log \\mathcal N(y_j; f_i, 1/\\tau)`
+    over every pair of examples (i, j).
+    """
+    if y is None or y.shape == output.shape:
+        return y
+    if output.shape[-1] == 1 and y.shape == output.shape[:-1]:
+        return y.unsqueeze(-1)
+    raise ValueError(f"regression targets of shape {tuple(y.shape)} do not match the network output {tuple(output.shape)}")
 
 
 class SparseBayesModel:
@@ -149,10 +167,12 @@ class SparseBayesModel:
             if self.likelihood == "categorical":
                 if y is None:
                     pyro.deterministic("probs", output.softmax(-1), event_dim=1)
+                    pyro.deterministic("log_probs", output.log_softmax(-1), event_dim=1)
                 pyro.sample("obs", dist.Categorical(logits=output, validate_args=False), obs=y)
             else:
                 if y is None:
                     pyro.deterministic("mean", output, event_dim=output.dim() - 1)
                 noise = output.new_tensor(self.tau**-0.5)
-                pyro.sample("obs", dist.Normal(output, noise, validate_args=False).to_event(output.dim() - 1), obs=y)
+                obs = gaussian_targets(output, y)
+                pyro.sample("obs", dist.Normal(output, noise, validate_args=False).to_event(output.dim() - 1), obs=obs)
         return output

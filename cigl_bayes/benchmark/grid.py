@@ -31,7 +31,7 @@ class Arm:
     def config(self, dataset: str, density: float, seed: int, base: dict[str, Any] | None = None) -> RunConfig:
         """The dataset's recipe with ``base`` (benchmark-wide) and then this arm's overrides."""
         changes = {**(base or {}), **self.overrides}
-        return recipe(dataset).with_(method=self.method, seed=seed, sparsity__density=density, data__dataset=dataset, **changes)
+        return recipe(dataset, changes.get("model__name")).with_(method=self.method, seed=seed, sparsity__density=density, data__dataset=dataset, **changes)
 
 
 def _value(text: str) -> Any:

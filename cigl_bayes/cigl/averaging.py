@@ -1,4 +1,4 @@
-"""Weight-and-mask averaging (WMA), BatchNorm recalibration, and prediction averaging.
+"""Weight-and-mask averaging (WMA), BatchNorm recalibration, and snapshot ensembles (prediction averaging).
 
 WMA folds snapshots ``theta`` (masked weights ``W * Z * M`` scaled as in the forward pass,
 plus every other parameter, BN affine included) into an equal-weight running mean
@@ -77,34 +77,42 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     return True
 
 
-class PredictionAverager:
-    """The "w/o WMA" ablation: average the *predictive probabilities* of the snapshots.
-
-    ``add`` evaluates ``predict(x)`` (probabilities) for every registered input set and keeps
-    an equal-weight running mean per set.
+class SnapshotEnsemble:
+    """The "w/o WMA" ablation (and MOON's voting): every snapshot kept as a network of its own,
+    with the BN statistics it had when taken; their predictive is the mean softmax
+    (``cigl_bayes.predictive.EnsemblePredictive``), so it serves any input, not a fixed set.
     """
 
-    def __init__(self, inputs: Mapping[str, torch.Tensor]) -> None:
-        self.inputs = dict(inputs)
-        self.mean: dict[str, torch.Tensor] = {}
-        self.count = 0
+    def __init__(self, module: nn.Module) -> None:
+        self.template = module
+        self.members: list[nn.Module] = []
+
+    def _copy(self) -> nn.Module:
+        member = copy.deepcopy(self.template)
+        member.zero_grad(set_to_none=True)
+        return member.requires_grad_(False).eval()
 
     @torch.no_grad()
-    def add(self, predict: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        for name, x in self.inputs.items():
-            probs = predict(x)
-            if self.count == 0:
-                self.mean[name] = probs.clone()
-            else:
-                self.mean[name].lerp_(probs, 1.0 / (self.count + 1))
-        self.count += 1
+    def add(self, snapshot: Mapping[str, torch.Tensor]) -> None:
+        """Keep a copy of the module (buffers as they are now) with parameters from ``snapshot``."""
+        member = self._copy()
+        for name, param in member.named_parameters():
+            param.copy_(snapshot[name])
+        self.members.append(member)
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean}
+        return {"members": [m.state_dict() for m in self.members]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.count = state["count"]
-        self.mean = dict(state["mean"])
+        self.members = []
+        for member_state in state["members"]:
+            member = self._copy()
+            member.load_state_dict(member_state)
+            self.members.append(member)
 
 
 def batches_of(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
@@ -136,10 +144,10 @@ class SnapshotAveraging:
         model: a ``SparseNet`` (snapshots are its masked parameters) or a plain module.
         start_epoch: first (0-based) epoch whose end is folded (spec: ``BS = 0.8 * epochs``).
         bn_inputs: training inputs for the BN recalibration pass after each fold.
-        mode: ``"weights"`` (WMA, CigL) or ``"predictions"`` (the "w/o WMA" ablation).
+        mode: ``"weights"`` (WMA, CigL) or ``"predictions"`` (the "w/o WMA" ablation: a snapshot
+            ensemble).
         sample_mask: snapshot ``W * Z * M`` with a fresh random mask (the paper's WMA) rather
             than its expectation ``W * M * E[Z]``; irrelevant without a random mask.
-        eval_inputs: named input sets whose predictions are averaged (``mode="predictions"``).
         bn_transform: the training augmentation, applied in the BN recalibration pass so the
             statistics match the inputs the network was trained on (see :func:`training_batches`).
         seed: seeds the recalibration pass's shuffle and augmentation (``seed + snapshot count``,
@@ -156,7 +164,6 @@ class SnapshotAveraging:
         batch_size: int = 256,
         mode: str = "weights",
         sample_mask: bool = True,
-        eval_inputs: Mapping[str, torch.Tensor] | None = None,
         bn_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
@@ -172,7 +179,7 @@ class SnapshotAveraging:
         self.bn_transform = bn_transform
         self.seed = seed
         self.weights = WeightAverager(self.module) if mode == "weights" else None
-        self.predictions = PredictionAverager(eval_inputs or {}) if mode == "predictions" else None
+        self.ensemble = SnapshotEnsemble(self.module) if mode == "predictions" else None
 
     @torch.no_grad()
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -191,26 +198,18 @@ class SnapshotAveraging:
             batches = training_batches(self.bn_inputs, self.batch_size, self.seed + self.weights.count, self.bn_transform)
             recalibrate_batchnorm(self.weights.averaged, batches)
         else:
-            was_training = self.module.training
-            self.module.eval()
-
-            def predict(x: torch.Tensor) -> torch.Tensor:
-                chunks = [torch.func.functional_call(self.module, snapshot, (b,)).softmax(-1) for b in batches_of(x, self.batch_size)]
-                return torch.cat(chunks)
-
-            self.predictions.add(predict)
-            self.module.train(was_training)
+            self.ensemble.add(snapshot)
 
     @property
     def count(self) -> int:
         """Number of snapshots folded so far."""
-        return (self.weights or self.predictions).count
+        return (self.weights or self.ensemble).count
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.state_dict() if self.weights else None, "predictions": self.predictions.state_dict() if self.predictions else None}
+        return {"weights": self.weights.state_dict() if self.weights else None, "ensemble": self.ensemble.state_dict() if self.ensemble else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.weights is not None:
             self.weights.load_state_dict(state["weights"])
-        if self.predictions is not None:
-            self.predictions.load_state_dict(state["predictions"])
+        if self.ensemble is not None:
+            self.ensemble.load_state_dict(state["ensemble"])

@@ -110,7 +110,7 @@ def load_dataset(
     """
     _check_val_fraction(val_fraction)
     if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
-        raise DataError(f"split_seed must be a non-negative integer, got {split_seed!r}")
+        raise DataError(f"split_seed must be a non-negative integer, got {_plain(split_seed)!r}")
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}; {_valid_names()}")
     key = name.strip()
@@ -137,6 +137,11 @@ def _valid_names() -> str:
     )
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (``0.5``, not ``np.float64(0.5)``, in messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_val_fraction(val_fraction: float) -> None:
     ok = (
         isinstance(val_fraction, (int, float, np.floating, np.integer))
@@ -145,7 +150,7 @@ def _check_val_fraction(val_fraction: float) -> None:
         and 0.0 <= float(val_fraction) < 0.5
     )
     if not ok:
-        raise DataError(f"val_fraction must be a number in [0, 0.5), got {val_fraction!r}; e.g. use 0.1")
+        raise DataError(f"val_fraction must be a number in [0, 0.5), got {_plain(val_fraction)!r}; e.g. use 0.1")
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -197,20 +202,46 @@ def _carve_val(y_train: np.ndarray, val_fraction: float, rng: np.random.Generato
 
 
 def _train_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Train mean/std (keepdims): per channel for (N,C,H,W), per feature for (N,D)."""
+    """Train mean/std (keepdims): per channel for (N,C,H,W), per feature for (N,D).
+
+    Features so large that their squares overflow (|x| ~ 1e300) are scaled by their largest
+    magnitude first, so the statistics stay finite and exact up to rounding.
+    """
     axes = (0, 2, 3) if train.ndim == 4 else (0,)
-    mean = train.mean(axis=axes, dtype=np.float64, keepdims=True)
-    std = train.std(axis=axes, dtype=np.float64, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = train.mean(axis=axes, dtype=np.float64, keepdims=True)
+        std = train.std(axis=axes, dtype=np.float64, keepdims=True)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            scale = np.abs(train).max(axis=axes, initial=0.0, keepdims=True)
+            scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+            mean = scale * (train / scale).mean(axis=axes, dtype=np.float64, keepdims=True)
+            std = scale * (train / scale).std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > _STD_EPS, std, 1.0)  # constant channels/features: centre only
     return mean, std
 
 
 def _standardise(
-    train: np.ndarray, *others: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None
+    train: np.ndarray, *others: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None,
+    names: tuple[str, ...] = ("x_train", "x_val", "x_test"), source: str = "data",
 ) -> list[np.ndarray]:
-    """Standardise with train statistics (``stats`` from :func:`_train_stats`, computed if None)."""
+    """Standardise with train statistics (``stats`` from :func:`_train_stats`, computed if None).
+
+    Raises ``DataError`` naming the split (``names``, in order) whose standardised features are
+    not finite float32 numbers (e.g. test features 1e300 training standard deviations away).
+    """
     mean, std = stats if stats is not None else _train_stats(train)
-    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+    out = []
+    for name, a in zip(names, (train, *others)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = ((a - mean) / std).astype(np.float32)
+        if not np.isfinite(z).all():
+            raise DataError(
+                f"{source}: {name} cannot be standardised with the training mean/std (largest |x| "
+                f"{float(np.abs(a).max()):.3g}, training std down to {float(std.min()):.3g}): the result is not "
+                "finite in float32; rescale the features (e.g. divide by their typical magnitude) first"
+            )
+        out.append(z)
+    return out
 
 
 def _stat_tuple(a: np.ndarray) -> tuple[float, ...]:
@@ -383,8 +414,12 @@ def _load_npz(path_str: str, data_dir: Any, val_fraction: float, split_seed: int
         xs["val"], ys["val"] = xs["train"][va], ys["train"][va]
         xs["train"], ys["train"] = xs["train"][tr], ys["train"][tr]
 
+    present = np.unique(ys["train"])
+    if len(present) < 2:
+        raise DataError(f"{path}: y_train has a single class (label {int(present[0])}); a classifier needs "
+                        "training examples of at least two classes")
     stats = _train_stats(xs["train"])
-    x_tr, x_va, x_te = _standardise(xs["train"], xs["val"], xs["test"], stats=stats)
+    x_tr, x_va, x_te = _standardise(xs["train"], xs["val"], xs["test"], stats=stats, source=str(path))
     return _make_splits(
         name, [x_tr, x_va, x_te], [ys["train"], ys["val"], ys["test"]], num_classes, augment=False,
         stats=stats, raw_scale=1.0,
@@ -423,7 +458,7 @@ def _check_labels(y: np.ndarray, key: str, source: str) -> np.ndarray:
         finite = np.isfinite(y)
         if not finite.all() or not np.all(y == np.round(y)):
             bad = y[~finite][0] if not finite.all() else y[y != np.round(y)][0]
-            raise DataError(f"{source}: {key} contains non-integer label {bad!r}; labels must be class indices 0..K-1")
+            raise DataError(f"{source}: {key} contains non-integer label {_plain(bad)!r}; labels must be class indices 0..K-1")
         yi = y.astype(np.int64)
     else:
         raise DataError(f"{source}: {key} has dtype {y.dtype}; labels must be integer class indices 0..K-1")

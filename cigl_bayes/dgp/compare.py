@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,10 @@ from ..metrics.calibration import expected_calibration_error
 from ..metrics.classification import accuracy, negative_log_likelihood
 from ..metrics.regression import mixture_moments, regression_report
 from ..ood.scores import entropy_score
-from .deep_gp import DGPConfig, FittedDGP, fit_deep_gp
 from .kernels import arccos_kernel, empirical_masked_relu_kernel, mask_factor
+
+if TYPE_CHECKING:  # gpytorch is imported where the deep GP is fitted
+    from .deep_gp import DGPConfig, FittedDGP
 
 __all__ = ["COMPARE_DATASETS", "DGPComparison", "Predictive", "compare_with_dgp", "fit_noise_variance", "kernel_relative_errors"]
 
@@ -224,6 +226,7 @@ def compare_with_dgp(
     """Train the network of ``config`` (default: ``recipe(dataset)`` with CigL) and a deep GP on
     the same split of ``dataset`` for each seed, and score both on the test split."""
     from ..methods import assemble, validate
+    from .deep_gp import DGPConfig, fit_deep_gp
 
     if dataset not in COMPARE_DATASETS:
         raise ValueError(f"unknown comparison dataset {dataset!r}; choose from {', '.join(COMPARE_DATASETS)}")

@@ -388,6 +388,7 @@ def fit_deep_gp(x_train: Any, y_train: Any, config: DGPConfig | None = None, pro
     model.train()
     likelihood.train()
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     epochs = config.num_epochs(n)
@@ -400,7 +401,7 @@ def fit_deep_gp(x_train: Any, y_train: Any, config: DGPConfig | None = None, pro
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
         task_id = bar.add_task("fit", total=epochs, kind=config.task, loss=float("nan"))
         with gpytorch.settings.num_likelihood_samples(config.num_likelihood_samples):
             for _ in range(epochs):

@@ -100,12 +100,20 @@ def to_inference_data(probs: Tensor | np.ndarray, y: Tensor | np.ndarray, seed: 
     return az.from_dict(**groups, coords=coords, dims=dims)
 
 
-def loo_report(idata: "az.InferenceData") -> dict[str, float]:
-    """PSIS-LOO of ``idata``: ``elpd_loo``, ``se``, ``p_loo`` and ``frac_k_gt_0.7`` (Pareto k > 0.7)."""
+def _psis_loo(idata: "az.InferenceData"):
     az = _arviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "shape parameter of Pareto is greater than 0.7" / pointwise
-        loo = az.loo(idata, pointwise=True)
+        return az.loo(idata, pointwise=True)
+
+
+def loo_report(idata: "az.InferenceData") -> dict[str, float]:
+    """PSIS-LOO of ``idata``: ``elpd_loo``, ``se``, ``p_loo`` and ``frac_k_gt_0.7`` (Pareto k > 0.7).
+
+    Meaningful for the points the draws were conditioned on (the training data). For held-out
+    points use :func:`held_out_report`: there LOO's "leaving out" removes a point that was never in.
+    """
+    loo = _psis_loo(idata)
     k = np.asarray(loo.pareto_k)
     return {
         "elpd_loo": float(loo.elpd_loo),
@@ -113,4 +121,32 @@ def loo_report(idata: "az.InferenceData") -> dict[str, float]:
         "p_loo": float(loo.p_loo),
         "frac_k_gt_0.7": float(np.mean(k > 0.7)),
         "n_obs": int(k.size),
+    }
+
+
+def held_out_report(idata: "az.InferenceData") -> dict[str, float]:
+    r"""Scores of draws on points they were *not* conditioned on (a test split).
+
+    * ``lpd`` = :math:`\sum_n \log \frac1S \sum_s p(y_n \mid W_s)`: on held-out points this is
+      itself the estimate of the expected log predictive density (= :math:`-N \cdot` NLL of the MC
+      predictive); ``se`` its standard error :math:`\sqrt{N}\,\mathrm{sd}_n(\mathrm{lpd}_n)`.
+    * ``psis_reweighted_lpd``: what ``az.loo`` reports as ``elpd_loo`` on these points -- the draws
+      importance-reweighted by :math:`1/p(y_n \mid W_s)` as if each point had to be removed from a
+      posterior it was never in; not an elpd.
+    * ``draw_disagreement`` = ``lpd - psis_reweighted_lpd`` >= 0 (``az.loo``'s ``p_loo`` on these
+      points): how much the draws differ on the observed labels; 0 when all draws agree. Not an
+      effective number of parameters here.
+    * ``frac_k_gt_0.7``: share of points whose Pareto k exceeds 0.7 (unreliable reweighting).
+    """
+    log_lik = np.asarray(idata.log_likelihood["y"]).reshape(-1, idata.log_likelihood["y"].shape[-1])  # (draws, N)
+    pointwise = np.logaddexp.reduce(log_lik, axis=0) - np.log(log_lik.shape[0])
+    loo = _psis_loo(idata)
+    lpd, reweighted = float(pointwise.sum()), float(loo.elpd_loo)
+    return {
+        "lpd": lpd,
+        "se": float(np.sqrt(pointwise.size) * pointwise.std(ddof=1)) if pointwise.size > 1 else 0.0,
+        "psis_reweighted_lpd": reweighted,
+        "draw_disagreement": lpd - reweighted,
+        "frac_k_gt_0.7": float(np.mean(np.asarray(loo.pareto_k) > 0.7)),
+        "n_obs": int(pointwise.size),
     }

@@ -13,7 +13,7 @@ from cigl_bayes.metrics.calibration import (
     expected_calibration_error,
     maximum_calibration_error,
 )
-from cigl_bayes.metrics.classification import accuracy, brier_score, negative_log_likelihood
+from cigl_bayes.metrics.classification import accuracy, brier_score, nll_from_log_probs, negative_log_likelihood
 from cigl_bayes.metrics.ood import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_report
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "fpr_at_tpr",
     "maximum_calibration_error",
     "negative_log_likelihood",
+    "nll_from_log_probs",
     "ood_report",
     "plot_reliability_diagram",
 ]

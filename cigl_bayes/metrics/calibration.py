@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cigl_bayes.metrics.classification import check_probs_labels, brier_score, negative_log_likelihood, accuracy
+from cigl_bayes.metrics.classification import accuracy, brier_score, check_probs_labels, nll_from_log_probs, negative_log_likelihood
 
 __all__ = [
+    "ECE_BINS",
     "CalibrationBins",
     "calibration_bins",
     "expected_calibration_error",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 _BINNINGS = ("uniform", "quantile")
+#: Equal-width bins of the reported ``ece`` (the CigL code's choice); reliability diagrams use the same.
+ECE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,11 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     return _classwise_ece(probs, labels, n_bins)
 
 
-def calibration_report(probs: Tensor, labels: Tensor) -> dict[str, float]:
+def calibration_report(probs: Tensor, labels: Tensor, log_probs: Tensor | None = None) -> dict[str, float]:
     """Summary of accuracy, proper scores and calibration errors.
+
+    ``log_probs`` (the log of ``probs``, computed in log space): the NLL is read from them
+    exactly; without them it is ``-log max(p, 1e-12)``, which caps it at 27.6 nats per example.
 
     Keys: ``accuracy``; ``ece`` (10 equal-width bins, the CigL code's choice); ``ece_15``;
     ``ece_adaptive`` (15 equal-mass bins); ``mce`` (15 equal-width); ``nll``; ``brier``;
@@ -248,11 +254,11 @@ def calibration_report(probs: Tensor, labels: Tensor) -> dict[str, float]:
     b15 = _bins(probs, labels, 15, "uniform")
     return {
         "accuracy": accuracy(probs, labels),
-        "ece": _bins(probs, labels, 10, "uniform").ece(),
+        "ece": _bins(probs, labels, ECE_BINS, "uniform").ece(),
         "ece_15": b15.ece(),
         "ece_adaptive": _bins(probs, labels, 15, "quantile").ece(),
         "mce": b15.mce(),
-        "nll": negative_log_likelihood(probs, labels),
+        "nll": negative_log_likelihood(probs, labels) if log_probs is None else nll_from_log_probs(log_probs, labels),
         "brier": brier_score(probs, labels),
         "classwise_ece": _classwise_ece(probs, labels, 15),
         "confidence": float(probs.max(-1).values.double().mean()),

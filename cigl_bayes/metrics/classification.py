@@ -80,6 +80,16 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -
     return float(-torch.log(p_y.clamp_min(eps)).mean())
 
 
+def nll_from_log_probs(log_probs: Tensor, labels: Tensor) -> float:
+    r"""Mean negative log-likelihood from log-probabilities, :math:`-\frac1N \sum_i \log p_{i y_i}`,
+    with no clamp: exact for the over-confident predictions a probability clamp would cap
+    (logits ``[0, 100]`` with label 0 have NLL 100, not ``-log(1e-12) = 27.6``)."""
+    _check_scores(log_probs, "log_probs")
+    _check_labels(labels, log_probs.shape[0], log_probs.shape[1], "log_probs")
+    labels = labels.to(device=log_probs.device, dtype=torch.long)
+    return float(-log_probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64).mean())
+
+
 def brier_score(probs: Tensor, labels: Tensor) -> float:
     r"""Multi-class Brier score :math:`\frac1N \sum_i \sum_k (p_{ik} - 1[y_i = k])^2` (range ``[0, 2]``).
 

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from cigl_bayes.metrics.calibration import calibration_bins
+from cigl_bayes.metrics.calibration import ECE_BINS, calibration_bins
 
 __all__ = ["plot_reliability_diagram"]
 
@@ -20,13 +20,14 @@ def plot_reliability_diagram(
     probs: Tensor,
     labels: Tensor,
     path: str | os.PathLike[str],
-    n_bins: int = 15,
+    n_bins: int = ECE_BINS,
     title: str | None = None,
 ) -> Path:
     """Write a top-label reliability diagram as a PNG and return its path.
 
     Top panel: per-bin accuracy bars (equal-width bins), the gap to the mean confidence
-    shaded, the identity line, and the ECE in the legend. Bottom panel: histogram of the
+    shaded, the identity line, and the ECE with its bin count in the legend (by default the
+    ``ece`` of ``calibration_report``, ``ECE_BINS`` bins). Bottom panel: histogram of the
     top-label confidences. Parent folders of ``path`` are created.
 
     The ECE shown uses :func:`~cigl_bayes.metrics.calibration.expected_calibration_error`'s
@@ -68,7 +69,7 @@ def plot_reliability_diagram(
         color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, label="perfect calibration")
-    ax.plot([], [], " ", label=f"ECE = {100.0 * ece:.2f}%")
+    ax.plot([], [], " ", label=f"ECE ({n_bins} bins) = {100.0 * ece:.2f}%")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("accuracy")

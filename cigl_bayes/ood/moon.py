@@ -43,6 +43,13 @@ def unknown_gradient_threshold(q: float, alpha: float) -> float:
     return w * (1.0 + alpha * q) ** 2 / (alpha**2 * (1.0 - q))
 
 
+def check_warmup(warmup_epochs: int, epochs: int) -> None:
+    """MOON's plain cross-entropy warm-up must end before training does (``ValueError`` if not)."""
+    if not 0 <= warmup_epochs < epochs:
+        raise ValueError(f"MOON's warm-up ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs); "
+                         "raise --epochs or lower the warm-up (--moon-warmup)")
+
+
 class AlphaSchedule:
     """The "step by step" auto-tuner of ``alpha`` (all on the device; no host sync).
 
@@ -59,9 +66,7 @@ class AlphaSchedule:
     """
 
     def __init__(self, warmup_epochs: int, epochs: int, rho: float = 64.0, alpha_final: float = 1.0, ewma: float = 0.05) -> None:
-        if not 0 <= warmup_epochs < epochs:
-            raise ValueError(f"MOON's warm-up ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs); "
-                             "raise --epochs or lower the warm-up")
+        check_warmup(warmup_epochs, epochs)
         if rho <= 0 or not 0 < ewma <= 1:
             raise ValueError(f"rho must be > 0 and the EWMA rate in (0, 1], got rho={rho}, ewma={ewma}")
         self.warmup_epochs, self.epochs = warmup_epochs, epochs

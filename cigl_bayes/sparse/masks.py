@@ -93,6 +93,13 @@ class SupportMask(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: D401 - torch hook
         super()._load_from_state_dict(*args, **kwargs)
+        self.recount()
+
+    def recount(self) -> None:
+        """Re-derive the per-layer counts from ``flat`` (one host sync) after it was replaced
+        wholesale, e.g. by ``load_state_dict`` of a support saved at another density."""
+        self.counts = [int(c) for c in torch.stack([chunk.sum() for chunk in self.flat.split(self.numels)]).tolist()]
+        self.nnz = sum(self.counts)
         self._active = None
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ The model is called through ``torch.func.functional_call`` with the masked weigh
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -117,6 +118,17 @@ class SparseNet(nn.Module):
         params = {name: p for name, p in self.module.named_parameters()}
         params.update(zip(self.weight_names, self.masked_weights(sample)))
         return params
+
+    @torch.no_grad()
+    def unwrap(self) -> nn.Module:
+        """A plain copy of the wrapped model with the eval-mode weights ``W * M * E[Z * scale]``
+        baked in: it computes exactly what this net computes in eval mode (without sampling),
+        and loads with a plain ``load_state_dict``."""
+        plain = copy.deepcopy(self.module)
+        params = dict(plain.named_parameters())
+        for name, weight in zip(self.weight_names, self.masked_weights(sample=False)):
+            params[name].copy_(weight)
+        return plain
 
     def forward(self, *args, **kwargs):
         return self.forward_with(self.masked_weights(), *args, **kwargs)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
@@ -218,6 +219,7 @@ class Trainer:
 
 
 def _progress_bar(enabled: bool) -> Progress:
+    """A rich progress bar on stderr (stdout stays for results, also when redirected)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -225,6 +227,7 @@ def _progress_bar(enabled: bool) -> Progress:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not enabled,
         transient=False,
     )

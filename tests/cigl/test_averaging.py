@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cigl_bayes.cigl import PredictionAverager, RandomMask, SnapshotAveraging, WeightAverager, batches_of, recalibrate_batchnorm
+from cigl_bayes.predictive import EnsemblePredictive, log_predict
+from cigl_bayes.cigl import RandomMask, SnapshotAveraging, SnapshotEnsemble, WeightAverager, batches_of, recalibrate_batchnorm
 from cigl_bayes.sparse import SparseNet
 
 
@@ -226,10 +227,11 @@ def test_snapshot_averaging_expected_mask(rescale):
 
 
 def test_snapshot_averaging_predictions_mode():
-    """mode="predictions": the running mean of the snapshot probabilities (eval mode, W*M)."""
+    """mode="predictions": a snapshot ensemble whose predictive is the mean of the snapshot
+    probabilities (eval mode, W*M), on inputs never seen during training."""
     net, opt, bn_x = _setup()
     xt = torch.randn(20, 6, generator=torch.Generator().manual_seed(5))
-    sa = SnapshotAveraging(net, start_epoch=2, bn_inputs=bn_x, mode="predictions", eval_inputs={"test": xt}, batch_size=8)
+    sa = SnapshotAveraging(net, start_epoch=2, bn_inputs=bn_x, mode="predictions", batch_size=8)
     assert sa.weights is None
     data = _data(3)
     probs = []
@@ -245,19 +247,25 @@ def test_snapshot_averaging_predictions_mode():
         sa.on_epoch_end(epoch)
         assert net.module.training  # mode restored
     assert sa.count == 3
-    mean = sa.predictions.mean["test"]
+    mean = log_predict(EnsemblePredictive(sa.ensemble.members), xt).exp()
     torch.testing.assert_close(mean, torch.stack(probs).mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mean.sum(-1), torch.ones(20), rtol=0, atol=1e-6)
     assert not torch.allclose(probs[0], probs[-1])  # the snapshots really differ
+    restored = SnapshotAveraging(net, start_epoch=2, bn_inputs=bn_x, mode="predictions")
+    restored.load_state_dict(sa.state_dict())
+    torch.testing.assert_close(log_predict(EnsemblePredictive(restored.ensemble.members), xt).exp(), mean, rtol=0, atol=0)
 
 
-def test_prediction_averager_mean():
-    pa = PredictionAverager({"a": torch.zeros(2)})
-    outs = [torch.tensor([[0.2, 0.8]]), torch.tensor([[0.6, 0.4]]), torch.tensor([[0.1, 0.9]])]
-    for o in outs:
-        pa.add(lambda x, o=o: o)
-    torch.testing.assert_close(pa.mean["a"], torch.tensor([[0.3, 0.7]]))
-    assert pa.count == 3
+def test_snapshot_ensemble_keeps_buffers_of_their_time():
+    """A member keeps the BN statistics the module had when the snapshot was taken."""
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ensemble = SnapshotEnsemble(module)
+    ensemble.add(dict(module.named_parameters()))
+    module.train()(torch.randn(16, 3) * 5)  # moves the running statistics
+    ensemble.add(dict(module.named_parameters()))
+    first, second = (m[1].running_var for m in ensemble.members)
+    assert torch.equal(first, torch.ones(4)) and not torch.equal(second, first)
+    assert ensemble.count == 2 and not any(p.requires_grad for m in ensemble.members for p in m.parameters())
 
 
 def test_snapshot_averaging_state_dict_and_invalid_mode():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -339,7 +340,8 @@ def test_npz_carve_too_small(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="val_fraction"):
         load_dataset(name, val_fraction=0.1)
-    assert len(load_dataset(name, val_fraction=0.0).y_train) == 1
+    with pytest.raises(DataError, match="single class"):  # no val split to carve, but one class is no classifier
+        load_dataset(name, val_fraction=0.0)
 
 
 # ----------------------------------------------------------------------------- CIFAR (fake local folders)
@@ -506,3 +508,47 @@ def test_cifar_pickle_refuses_arbitrary_globals(tmp_path: Path) -> None:
 def test_digits_split_sizes_formula() -> None:
     # documented rounding: test = round(0.3 N), val = round(val_fraction N)
     assert math.floor(0.3 * 1797 + 0.5) == 539 and math.floor(0.1 * 1797 + 0.5) == 180
+
+
+# ----------------------------------------------------------------------------- inputs that used to fail late or silently
+
+
+def test_npz_single_class_is_an_error(tmp_path: Path) -> None:
+    arrays = _good_arrays()
+    arrays.update(y_train=np.full(30, 2), y_val=np.full(6, 2), y_test=np.full(9, 2))
+    with pytest.raises(DataError) as ei:
+        load_dataset(_write_npz(tmp_path / "one.npz", **arrays))
+    msg = str(ei.value)
+    assert "y_train" in msg and "single class" in msg and "\n" not in msg
+
+
+def test_npz_huge_features_standardise_without_overflow(tmp_path: Path) -> None:
+    """Features around 1e300 (x**2 overflows float64) still standardise exactly, with no warning."""
+    arrays = _good_arrays()
+    small = load_dataset(_write_npz(tmp_path / "small.npz", **arrays))
+    huge = {k: v * 1e300 if k.startswith("x_") else v for k, v in arrays.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = load_dataset(_write_npz(tmp_path / "huge.npz", **huge))
+    for split in ("x_train", "x_val", "x_test"):
+        assert torch.isfinite(getattr(d, split)).all()
+        torch.testing.assert_close(getattr(d, split), getattr(small, split), atol=1e-5, rtol=1e-5)
+
+
+def test_npz_features_that_cannot_be_standardised_name_the_problem(tmp_path: Path) -> None:
+    arrays = _good_arrays()
+    arrays["x_test"] = arrays["x_test"] * 1e300  # finite, but 1e300 standard deviations away: no float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError) as ei:
+            load_dataset(_write_npz(tmp_path / "far.npz", **arrays))
+    msg = str(ei.value)
+    assert "x_test" in msg and "standardis" in msg and "\n" not in msg
+
+
+def test_float_labels_print_as_plain_values(tmp_path: Path) -> None:
+    arrays = _good_arrays()
+    arrays["y_train"] = np.r_[0.5, _labels(29, 3)].astype(np.float64)
+    with pytest.raises(DataError) as ei:
+        load_dataset(_write_npz(tmp_path / "half.npz", **arrays))
+    assert "label 0.5;" in str(ei.value) and "np." not in str(ei.value)

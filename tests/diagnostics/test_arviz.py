@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from cigl_bayes.cigl.random_mask import RandomMask
-from cigl_bayes.diagnostics import loo_report, mc_class_probs, to_inference_data, write_diagnostic_plots
+from cigl_bayes.diagnostics import held_out_report, loo_report, mc_class_probs, to_inference_data, write_diagnostic_plots
 from cigl_bayes.evaluate import mc_predict_probs
+from cigl_bayes.metrics import nll_from_log_probs
 from cigl_bayes.sparse.network import SparseNet
 
 with warnings.catch_warnings():
@@ -86,6 +87,19 @@ def test_loo_close_to_naive_for_smooth_draws() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert float(az.loo(idata).elpd_loo) == pytest.approx(report["elpd_loo"])
+
+
+def test_held_out_report_names_what_loo_computes_on_test_points() -> None:
+    """On held-out points: lpd is the exact log predictive density of the MC mean (= -N NLL), the
+    PSIS value is a reweighting below it, and their gap vanishes when every draw agrees."""
+    probs, y = smooth_probs(1, 100, 200, 4, noise=0.5, seed=4)
+    report = held_out_report(to_inference_data(probs, y, sample_ppc=False))
+    mean = probs.reshape(-1, 200, 4).double().mean(0)
+    assert report["lpd"] == pytest.approx(-200 * nll_from_log_probs(mean.log(), y), rel=1e-9)
+    assert report["draw_disagreement"] == pytest.approx(report["lpd"] - report["psis_reweighted_lpd"])
+    assert report["draw_disagreement"] > 0 and report["n_obs"] == 200
+    same = held_out_report(to_inference_data(probs[:, :1].expand(1, 5, 200, 4), y, sample_ppc=False))
+    assert same["draw_disagreement"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_posterior_predictive_frequencies_match_mean_probs() -> None:

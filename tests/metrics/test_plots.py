@@ -51,3 +51,21 @@ def test_cuda_inputs(tmp_path: Path) -> None:
     probs = torch.softmax(torch.randn(100, 3), dim=1).cuda()
     out = plot_reliability_diagram(probs, torch.randint(0, 3, (100,)).cuda(), tmp_path / "gpu.png")
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_legend_shows_the_reported_ece_and_its_bin_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diagram's ECE is the console's / metrics.json's ``ece`` (same bins), and says how many bins."""
+    from matplotlib.figure import Figure
+
+    from cigl_bayes.metrics import calibration_report
+
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real_savefig(self, *a, **k))[1])
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(400, 4, generator=g) * 2, dim=1)
+    labels = torch.randint(0, 4, (400,), generator=g)
+    plot_reliability_diagram(probs, labels, tmp_path / "r.png")
+    legend = [t.get_text() for t in saved[0].axes[0].get_legend().get_texts()]
+    ece = calibration_report(probs, labels)["ece"]
+    assert f"ECE (10 bins) = {100 * ece:.2f}%" in legend, legend

@@ -215,3 +215,31 @@ def test_state_dict_round_trip_restores_support():
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
         torch.testing.assert_close(dst.effective_mask(), src.support.flat.float(), rtol=0, atol=0)
+
+
+def test_state_dict_from_another_density_rederives_counts():
+    """A support saved at another density brings its own per-layer counts: active indices hold
+    exactly the loaded support (no -1 padding), random masks and RigL stay inside it."""
+    from cigl_bayes.sparse import DropSchedule, TopologyUpdater
+
+    src = SparseNet(tiny_model(0), density=0.4, seed=0)
+    dst = SparseNet(tiny_model(1), density=0.1, seed=7, random_mask=RandomMask(0.5, seed=0))
+    dst.load_state_dict(src.state_dict())
+    flat = dst.support.flat
+    assert dst.support.counts == src.support.counts
+    assert dst.support.nnz == int(flat.sum()) and dst.support.density == pytest.approx(src.support.density)
+    active = dst.support.active_indices()
+    assert torch.equal(active, torch.nonzero(flat).flatten())
+    for layer, chunk in enumerate(dst.support.layers()):
+        assert torch.equal(dst.support.layer_active_indices(layer), torch.nonzero(chunk.flatten()).flatten())
+    dst.train()
+    assert torch.all(dst.effective_mask()[~flat] == 0)
+    # one RigL update keeps the exact loaded per-layer counts and the mask a boolean of nnz entries
+    optimizer = torch.optim.SGD(dst.parameters(), lr=0.1)
+    updater = TopologyUpdater(dst, optimizer, DropSchedule.for_run(10, 1, 0.3, 1.0), "rigl", seed=0)
+    x, y = inputs()
+    dst.capture_dense_grad = True
+    nn.functional.cross_entropy(dst(x), y).backward()
+    updater.update(0.3)
+    counts = [int(c.sum()) for c in dst.support.layers()]
+    assert counts == src.support.counts

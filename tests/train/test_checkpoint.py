@@ -114,3 +114,51 @@ def test_load_missing_names_the_fix(tmp_path: Path) -> None:
 def test_load_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path)
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER`` (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_load_refuses_code_in_a_crafted_checkpoint(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "config": {"method": "rigl"}, "payload": _Payload(marker)}, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert not marker.exists(), "loading the checkpoint ran its payload"
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "system" in message
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a zip" * 10, "truncated"], ids=["empty", "garbage", "truncated"])
+def test_load_damaged_checkpoint_is_a_value_error(tmp_path: Path, content) -> None:
+    path = tmp_path / "checkpoint.pt"
+    if content == "truncated":
+        save_checkpoint(_state(1.0), path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "not a readable checkpoint" in message
+
+
+def test_weights_round_trip_as_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cigl_bayes.train import save_weights
+
+    state = {"w": torch.randn(4, 3), "view": torch.arange(12.0).view(3, 4)[:, 1], "mask": torch.rand(5) > 0.5}
+    path = save_weights(state, tmp_path / "model.safetensors", metadata={"method": "rigl"})
+    loaded = load_file(path)
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cigl_bayes.data import load_dataset
-from cigl_bayes.evaluate import evaluate_probs
+from cigl_bayes.evaluate import evaluate_log_probs
 from cigl_bayes.methods import assemble
 from cigl_bayes.runner import final_predictions
 
@@ -22,8 +22,8 @@ def digits():
 def _train(config, data):
     parts = assemble(config, data, progress=False)
     history = parts.trainer.fit()
-    probs, _ = final_predictions(parts, config, data)
-    return parts, history, evaluate_probs(probs["test"], data.y_test)
+    log_probs, _ = final_predictions(parts, config, data)
+    return parts, history, evaluate_log_probs(log_probs["test"], data.y_test)
 
 
 def test_bf16_autocast_runs_the_forward_in_bf16_and_matches_fp32(tiny_config, digits) -> None:
@@ -37,8 +37,8 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_matches_fp32(tiny_config, di
     assert set(dtypes) == {torch.bfloat16}  # the training forward ran under autocast
     assert all(p.dtype == torch.float32 for p in parts.model.parameters())  # master weights stay fp32
     assert int(parts.model.support.flat.sum()) == parts.model.support.nnz  # exact density after updates
-    probs, _ = final_predictions(parts, fp32, digits)
-    metrics = evaluate_probs(probs["test"], digits.y_test)
+    log_probs, _ = final_predictions(parts, fp32, digits)
+    metrics = evaluate_log_probs(log_probs["test"], digits.y_test)
     assert history.loss == pytest.approx(reference.loss, rel=0.1)
     assert abs(metrics["accuracy"] - ref_metrics["accuracy"]) < 0.03
 

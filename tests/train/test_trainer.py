@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cigl_bayes.data import DeviceLoader
-from cigl_bayes.evaluate import evaluate_probs
+from cigl_bayes.evaluate import evaluate_log_probs
 from cigl_bayes.methods import assemble
 from cigl_bayes.runner import final_model, final_predictions, run
 from cigl_bayes.sparse import SparseNet
@@ -128,7 +128,7 @@ def test_resume_is_bit_identical(method: str, tiny_config, digits_data, tmp_path
     assert notes_ref == notes_res
     for split in ("val", "test"):
         assert torch.equal(probs_ref[split], probs_res[split]), split
-    assert evaluate_probs(probs_ref["test"], digits_data.y_test) == evaluate_probs(probs_res["test"], digits_data.y_test)
+    assert evaluate_log_probs(probs_ref["test"], digits_data.y_test) == evaluate_log_probs(probs_res["test"], digits_data.y_test)
 
 
 def test_fit_until_epoch_writes_checkpoint_each_epoch(tiny_config, digits_data, tmp_path: Path) -> None:
