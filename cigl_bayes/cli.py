@@ -3,8 +3,10 @@
 Bad input (density outside (0, 1], unknown method/model/dataset/device, bad labels, a missing data
 folder, an unusable or busy --out, a damaged or untrusted checkpoint, a non-finite loss) prints one
 ``error:`` line and exits with code 2, before anything is trained or written. Help texts list the
-registries (methods, models, datasets). Heavy libraries (pyro, gpytorch, arviz, matplotlib) load
-only in the commands that use them, so ``--help`` and input errors return at once.
+registries (methods, models, datasets). This module imports only torch-free modules
+(:mod:`cigl_bayes.names`, :mod:`cigl_bayes.registry`, the config); torch and the heavy libraries
+(pyro, gpytorch, arviz, matplotlib) load in the command bodies after the input checks, so
+``--help`` and input errors return at once.
 """
 
 from __future__ import annotations
@@ -16,12 +18,9 @@ import typer
 from rich.console import Console
 
 from .config import RunConfig, recipe
-from .data import DATASET_NAMES
-from .dgp.compare import COMPARE_DATASETS
-from .methods import METHODS
-from .metrics.calibration import ECE_BINS
-from .models import MODEL_NAMES
-from .train import NonFiniteLossError
+from .names import COMPARE_DATASETS, DATASET_NAMES, EXPORT_FORMATS, MODEL_NAMES, NEAR_OOD_PREFIX
+from .registry import METHODS, validate
+from .train.errors import NonFiniteLossError
 from .train.run_dir import check_writable_dir, check_writable_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reliable sparse training: CigL, RigL and baselines with calibration metrics.")
@@ -62,8 +61,6 @@ def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bo
         except ValueError:
             raise ValueError(f"--drop-rate takes a number in [0, 1) or auto, got {overrides['drop_rate']!r}") from None
     changes = {names[k]: v for k, v in overrides.items() if v is not None}
-    from .methods import validate
-
     config = recipe(dataset, overrides.get("model")).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
     validate(config, regression_ok=regression_ok)
     return config
@@ -112,6 +109,8 @@ def train(
                       distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
                       update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
                       learn_keep=learn_keep, precision=precision, compile=compile_model)
+    _guarded(check_writable_dir, out)  # before torch loads; the run then locks OUT
+    from .metrics.calibration import ECE_BINS
     from .runner import run
 
     record = _guarded(run, config, out, progress=progress, resume=resume)
@@ -168,6 +167,7 @@ def compare(
                 config = _guarded(_config, name, dataset, seed, device, density=density, **common)
                 configs.append(config)
     _guarded(check_writable_dir, out)
+    from .metrics.calibration import ECE_BINS
     from .results import flat_record, summarise, summary_table, write_results
     from .runner import run
 
@@ -234,6 +234,7 @@ def ood(
             configs.append(config)
     _require_ood_sets(configs[0])
     _guarded(check_writable_dir, out)
+    from .metrics.calibration import ECE_BINS
     from .results import summarise, summary_table, write_results
     from .runner import run
 
@@ -244,10 +245,13 @@ def ood(
         for ood_set, report in record["ood"].items():
             rows.append({"method": config.method, "seed": config.seed, "ood_set": ood_set, **report,
                          "accuracy": record["accuracy"], "ece": record["ece"]})
-        per_set = list(record["ood"].values())
-        means.append({"method": config.method, "seed": config.seed, "ood_set": "mean",
-                      **{m: sum(r[m] for r in per_set) / len(per_set) for m in per_set[0]},
-                      "accuracy": record["accuracy"], "ece": record["ece"]})
+        near = [name for name in record["ood"] if name.startswith(NEAR_OOD_PREFIX)]
+        for label, names in (("mean near-OOD", near), ("mean far-OOD", [n for n in record["ood"] if n not in near])):
+            if names:
+                per_set = [record["ood"][n] for n in names]
+                means.append({"method": config.method, "seed": config.seed, "ood_set": label,
+                              **{m: sum(r[m] for r in per_set) / len(per_set) for m in per_set[0]},
+                              "accuracy": record["accuracy"], "ece": record["ece"]})
     write_results(rows, out)
     stdout = _stdout()
     detection = ("auroc", "fpr95", "aupr_in", "aupr_out")
@@ -256,7 +260,8 @@ def ood(
     stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=detection))
     in_distribution = ("accuracy", "ece")
     stdout.print(f"\nin-distribution test split (ece: {ECE_BINS} equal-width bins)")
-    stdout.print(summary_table(summarise(means, group_by=("method",), metrics=in_distribution), group_by=("method",),
+    per_run = [m for m in means if m["ood_set"] == means[0]["ood_set"]]  # one row per run
+    stdout.print(summary_table(summarise(per_run, group_by=("method",), metrics=in_distribution), group_by=("method",),
                                metrics=in_distribution))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and a score histogram per run (OUT/<method>-s<seed>/ood_scores.png)")
 
@@ -271,28 +276,19 @@ def _require_ood_sets(config: RunConfig) -> None:
               "npz, or the other CIFAR / SVHN test files under --data-dir")
 
 
-@app.command("bench-calibration")
-def bench_calibration(
-    datasets: str = typer.Option("digits-hard,mnist,mnist-hard", "--datasets",
-                                 help=f"comma-separated, of: {DATASET_LIST}"),
-    methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1", "--methods",
-                                help="comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
-                                     "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)"),
-    densities: str = typer.Option("0.2,0.1,0.05,0.02", "--densities", help="comma-separated densities"),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
-    settings: str = typer.Option("", "--set", help="overrides for every arm, comma-separated key=value (same keys as in --methods)"),
-    baseline: str = typer.Option("rigl", "--baseline", help="the arm the paired differences are taken against"),
-    jobs: int = typer.Option(2, "--jobs", help="runs trained side by side (worker processes)"),
-    threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
-    out: Path = typer.Option(Path("runs/bench-calibration"), "--out", help="output folder (re-running resumes it)"),
-) -> None:
-    """Methods x densities x seeds on each dataset: OUT/report.md (mean ± std and the paired per-seed
-    difference against --baseline), OUT/<dataset>.png (accuracy and ECE against sparsity) and
-    OUT/records.{csv,json}. Finished runs are kept in OUT/records/ and not trained again."""
-    from rich.progress import Progress
+ArmsHelp = ("comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
+            "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)")
+SetOpt = typer.Option("", "--set", help="overrides for every arm, comma-separated key=value (same keys as in --methods)")
+BaselineOpt = typer.Option("rigl", "--baseline", help="the arm the paired differences are taken against")
+JobsOpt = typer.Option(2, "--jobs", help="runs trained side by side (worker processes)")
+ThreadsOpt = typer.Option(1, "--threads", help="torch threads per worker")
 
-    from .benchmark import parse_arms, parse_overrides, plot_vs_sparsity, report_markdown, run_grid
-    from .results import write_results
+
+def _bench(kind: str, datasets: str, methods: str, densities: str, seeds: str, settings: str, baseline: str, jobs: int,
+           threads: int, out: Path) -> None:
+    """The grid of ``bench-calibration`` (``kind="calibration"``) or ``bench-ood`` (``"ood"``):
+    train (resumably), write the records, the markdown report and, for calibration, the plots."""
+    from .benchmark import parse_arms, parse_overrides
 
     arms = _guarded(parse_arms, methods)
     base = _guarded(parse_overrides, _split(settings, str, "--set"), settings)
@@ -304,24 +300,71 @@ def bench_calibration(
         _fail(f"--baseline {baseline!r} is not one of the arms in --methods ({methods})")
     if jobs < 1 or threads < 1:
         _fail("--jobs and --threads must be >= 1")
+    if kind == "ood":
+        for name in dataset_list:
+            _require_ood_sets(_guarded(arms[0].config, name, density_list[0], seed_list[0], base))
     _guarded(check_writable_dir, out)
+    from rich.progress import Progress
+
+    from .benchmark import ood_report_markdown, plot_vs_sparsity, report_markdown, run_grid
+    from .results import write_results
+
     with Progress(console=console) as bar:
-        task = bar.add_task("bench-calibration", total=None)
+        task = bar.add_task(f"bench-{kind}", total=None)
 
         def advance(record: dict, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total,
                        description=f"{record['dataset']} {record['arm']} d={record['density']:g} s={record['seed']}")
 
         records = _guarded(run_grid, dataset_list, arms, density_list, seed_list, out, jobs=jobs, threads=threads,
-                           base=base, on_record=advance)
+                           base=base, on_record=advance, ood=kind == "ood")
     records.sort(key=lambda r: (dataset_list.index(r["dataset"]), r["arm"], -r["density"], r["seed"]))
     write_results(records, out, stem="records")
-    report = report_markdown(records, baseline)
+    report = (ood_report_markdown if kind == "ood" else report_markdown)(records, baseline)
     (out / "report.md").write_text(report)
-    for name in dataset_list:
-        plot_vs_sparsity(records, out / f"{name.replace(':', '_').replace('/', '_')}.png", dataset=name)
+    if kind == "calibration":
+        for name in dataset_list:
+            plot_vs_sparsity(records, out / f"{name.replace(':', '_').replace('/', '_')}.png", dataset=name)
     typer.echo(report)
-    typer.echo(f"wrote {out / 'report.md'}, {out / 'records.csv'}, {out / 'records.json'} and a plot per dataset")
+    typer.echo(f"wrote {out / 'report.md'}, {out / 'records.csv'} and {out / 'records.json'}"
+               + (" and a plot per dataset" if kind == "calibration" else ""))
+
+
+@app.command("bench-calibration")
+def bench_calibration(
+    datasets: str = typer.Option("digits-hard,mnist,mnist-hard", "--datasets", help=f"comma-separated, of: {DATASET_LIST}"),
+    methods: str = typer.Option("rigl,cigl,cigl+drop_rate=0.1", "--methods", help=ArmsHelp),
+    densities: str = typer.Option("0.2,0.1,0.05,0.02", "--densities", help="comma-separated densities"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
+    settings: str = SetOpt,
+    baseline: str = BaselineOpt,
+    jobs: int = JobsOpt,
+    threads: int = ThreadsOpt,
+    out: Path = typer.Option(Path("runs/bench-calibration"), "--out", help="output folder (re-running resumes it)"),
+) -> None:
+    """Methods x densities x seeds on each dataset: OUT/report.md (mean ± std and the paired per-seed
+    difference against --baseline), OUT/<dataset>.png (accuracy and ECE against sparsity) and
+    OUT/records.{csv,json}. Finished runs are kept in OUT/records/ and not trained again."""
+    _bench("calibration", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out)
+
+
+@app.command("bench-ood")
+def bench_ood(
+    datasets: str = typer.Option("digits-open,mnist-hard-open", "--datasets",
+                                 help="comma-separated datasets with OOD sets (the *-open splits hold near-OOD classes)"),
+    methods: str = typer.Option("rigl,rigl-avg,moon-ce,moon-no-avg,moon,moon-cigl", "--methods", help=ArmsHelp),
+    densities: str = typer.Option("0.1,0.05", "--densities", help="comma-separated densities"),
+    seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="comma-separated seeds"),
+    settings: str = SetOpt,
+    baseline: str = BaselineOpt,
+    jobs: int = JobsOpt,
+    threads: int = ThreadsOpt,
+    out: Path = typer.Option(Path("runs/bench-ood"), "--out", help="output folder (re-running resumes it)"),
+) -> None:
+    """Methods x densities x seeds, each run scored on every OOD set of its dataset (MSP):
+    OUT/report.md (ID accuracy / ECE, near- and far-OOD AUROC / FPR95, mean ± std, and the paired
+    per-seed difference against --baseline) and OUT/records.{csv,json} (every set's AUROC / FPR95)."""
+    _bench("ood", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out)
 
 
 @app.command("dgp-compare")
@@ -388,12 +431,8 @@ def export(
     values_dtype: str = typer.Option("float32", "--values-dtype", help="float32 (exact) or float16"),
 ) -> None:
     """Export a run's final model in a compressed sparse format; print its size against the dense state dict."""
-    from .evaluate import measured_density
-    from .export import FORMATS, dense_state_bytes, export_sparse, model_from_run
-    from .train import load_checkpoint
-
-    if format not in FORMATS:
-        _fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format not in EXPORT_FORMATS:
+        _fail(f"unknown --format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if not run_dir.is_dir():
         _fail(f"no run folder at {run_dir}; pass the --out folder of `cigl-bayes train`")
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -401,6 +440,10 @@ def export(
         _fail(f"no checkpoint at {checkpoint_path}; train first (`cigl-bayes train --out {run_dir}`)")
     target = out if out is not None else run_dir / "model-sparse.npz"
     _guarded(check_writable_file, target)
+    from .evaluate import measured_density
+    from .export import dense_state_bytes, export_sparse, model_from_run
+    from .train import load_checkpoint
+
     checkpoint = _guarded(load_checkpoint, checkpoint_path)  # tensors and plain data only: no code runs
     if not isinstance(checkpoint, dict):
         _fail(f"{checkpoint_path} is not a cigl-bayes checkpoint")
@@ -422,6 +465,8 @@ def predict(
     batch_size: int = typer.Option(512, "--batch-size", help="inference batch size"),
 ) -> None:
     """Predict the test split of a dataset with an exported model; write OUT (probabilities, labels), print accuracy."""
+    out = out if out is not None else model_file.parent / "preds.csv"
+    _guarded(check_writable_file, out)
     import csv
 
     import torch
@@ -430,8 +475,6 @@ def predict(
     from .export import load_sparse
     from .runner import known_class_probs
 
-    out = out if out is not None else model_file.parent / "preds.csv"
-    _guarded(check_writable_file, out)
     model, meta = _guarded(load_sparse, model_file)
     name = dataset or meta.get("dataset") or "digits"
     data = _guarded(load_dataset, name, data_dir)

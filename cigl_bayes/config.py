@@ -10,9 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .data.datasets import REGRESSION_DATASET_NAMES, TABULAR_DATASET_NAMES
+from .names import LR_SCHEDULES, REGRESSION_DATASET_NAMES, TABULAR_DATASET_NAMES
 from .sparse.density import DISTRIBUTIONS, check_density
-from .train.optim import LR_SCHEDULES
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -98,15 +97,23 @@ class AveragingConfig:
     then reaches ~0 and the snapshots are nearly identical); a number ``h`` holds the lr at
     ``h x lr`` while averaging, SWA-style as in the released CigL / MOON code (the cosine is
     compressed to end at ``h`` where averaging starts). Only methods that average are affected.
+
+    ``snapshot_fraction``: None folds one snapshot at the end of each averaging epoch; ``f``
+    folds ``max(1, round(f x steps per epoch))`` snapshots evenly spaced over each averaging
+    epoch (the released MOON code folds every step of the first 10 %: ~39 per CIFAR epoch), with
+    BatchNorm recomputed once at the epoch's end.
     """
 
     start_fraction: float = 0.8
     sample_mask: bool = True
     hold_lr: float | None = None
+    snapshot_fraction: float | None = None
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.start_fraction < 1.0, f"averaging start fraction must be in [0, 1), got {self.start_fraction}")
         _require(self.hold_lr is None or 0.0 < self.hold_lr <= 1.0, f"averaging hold_lr must be in (0, 1] or None, got {self.hold_lr}")
+        _require(self.snapshot_fraction is None or 0.0 < self.snapshot_fraction <= 1.0,
+                 f"averaging snapshot_fraction must be in (0, 1] or None, got {self.snapshot_fraction}")
 
 
 @dataclass(frozen=True)
@@ -151,17 +158,35 @@ class BayesConfig:
         _require(self.slab_scale > 0, f"slab scale must be > 0, got {self.slab_scale}")
 
 
+MOON_RECIPES = ("released", "recipe")
+
+
 @dataclass(frozen=True)
 class MoonConfig:
-    """MOON: warm-up epochs of plain cross-entropy, alpha auto-tuner (rho, alpha_final, EWMA rate)."""
+    """MOON: warm-up epochs of plain cross-entropy, alpha auto-tuner (rho, alpha_final, EWMA rate),
+    and the schedule of the MOON family (``Method.moon_schedule``).
+
+    ``recipe="released"`` (default, the released code's): no lr warm-up; the lr is
+    ``lr x [f + (p - f) (1 + cos(pi t / T_avg)) / 2]`` with ``p = lr_peak`` (1.2), ``f = lr_floor``
+    (0.08) over the steps before averaging starts (``T_avg``), then held at ``lr x f`` while
+    averaging, which folds ``snapshot_fraction`` (10 %) of each epoch's steps, evenly spaced.
+    ``recipe="recipe"``: the dataset recipe's schedule and averaging settings, unchanged.
+    """
 
     warmup_epochs: int = 5
     rho: float = 64.0
     alpha_final: float = 1.0
     ewma: float = 0.05
+    recipe: str = "released"
+    lr_peak: float = 1.2
+    lr_floor: float = 0.08
+    snapshot_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.warmup_epochs >= 0, f"MOON warm-up epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.recipe in MOON_RECIPES, f"unknown MOON recipe {self.recipe!r}; choose one of {MOON_RECIPES}")
+        _require(0 < self.lr_floor <= self.lr_peak, f"MOON lr factors need 0 < lr_floor <= lr_peak, got {self.lr_floor}, {self.lr_peak}")
+        _require(0.0 < self.snapshot_fraction <= 1.0, f"MOON snapshot_fraction must be in (0, 1], got {self.snapshot_fraction}")
         _require(self.rho > 0, f"MOON rho must be > 0, got {self.rho}")
         _require(0 < self.ewma <= 1, f"MOON EWMA rate must be in (0, 1], got {self.ewma}")
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .models import MLP, build_model
+from .names import EXPORT_FORMATS as FORMATS
 from .predictive import Predictive, from_spec
 from .sparse.masks import maskable_weight_names
 
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-FORMATS = ("bitmask", "csr")
 VALUE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _META = "__meta__"
 

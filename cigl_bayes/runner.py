@@ -147,6 +147,9 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
         if is_auto(config):
             config, mask_choice = choose_drop_rate(config, data)
     parts = assemble(config, data, checkpoint, progress)
+    diagnostics = parts.extras.get("moon_diagnostics")  # unknown-class methods: per-epoch diagnostics
+    if diagnostics is not None:
+        diagnostics.add_eval_sets({f"ood:{k}": v for k, v in shifted.items()})
     if resume and checkpoint is not None and checkpoint.is_file():
         _check_resumable(checkpoint, config)
         parts.trainer.resume(checkpoint)
@@ -175,6 +178,8 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
     scores = {name: msp(lp, k).cpu() for name, lp in log_probs.items() if name == "test" or name.startswith("ood:")}
     if ood:
         record["ood"] = {name[4:]: ood_report(scores["test"], s) for name, s in scores.items() if name != "test"}
+    if diagnostics is not None:
+        record["moon_diagnostics"] = diagnostics.report()
     if out is not None:
         from .metrics.plots import plot_reliability_diagram
 
@@ -185,6 +190,10 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
 
             plot_score_histograms({"in-distribution (test)": scores["test"], **{n[4:]: s for n, s in scores.items() if n != "test"}},
                                   out / "ood_scores.png", title=f"{config.method}: MSP score, ID vs OOD")
+        if diagnostics is not None:
+            from .ood.diagnostics import plot_moon_diagnostics
+
+            plot_moon_diagnostics(record["moon_diagnostics"], out / "moon_diagnostics.png", title=f"{config.method}: per-epoch diagnostics")
         _write_json_atomic(record, out / "metrics.json")
     return record
 

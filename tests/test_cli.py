@@ -510,6 +510,35 @@ def test_help_and_bad_input_do_not_import_heavy_libraries() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+# ``python -m cigl_bayes ARGS``, then the exit code and which of torch / numpy it imported.
+_RUN_AND_LIST_IMPORTS = (
+    "import runpy, sys\n"
+    "sys.argv = ['cigl-bayes', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('cigl_bayes', run_name='__main__')\n"
+    "except SystemExit as done:\n"
+    "    print('exit', done.code, 'imported', sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+)
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["train", "--help"], ["compare", "--help"],
+    ["train", "--density", "2"], ["train", "--method", "nope"], ["train", "--device", "tpu"],
+    ["train", "--model", "transformer"], ["train", "--dataset", "fashion-mnist"], ["train", "--out", "pyproject.toml"],
+    ["compare", "--seeds", "0,x"], ["ood", "--methods", "moon", "--epochs", "2", "--moon-warmup", "5"],
+    ["dgp-compare", "--dataset", "iris"], ["export", "--run", "/nonexistent"],
+], ids=" ".join)
+def test_help_and_input_errors_start_without_torch(args: list[str]) -> None:
+    """Help and input errors that need no data or model print at once: neither torch nor numpy loads."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_IMPORTS, *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+    help_asked = "--help" in args
+    assert proc.stdout.splitlines()[-1] == f"exit {0 if help_asked else 2} imported []", proc.stdout + proc.stderr
+    if not help_asked:
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
 # ----------------------------------------------------------------------------- inputs that failed late (item 15)
 
 

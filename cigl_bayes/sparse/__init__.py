@@ -1,22 +1,15 @@
-"""Sparse-training engine: exact densities, the flat support mask, masked forward, topology updates."""
+"""Sparse-training engine: exact densities, the flat support mask, masked forward, topology updates.
 
-from .density import DISTRIBUTIONS, check_density, erk_densities, exact_counts, layer_counts, uniform_densities
-from .masks import SupportMask, maskable_weight_names
-from .network import SparseNet
-from .schedule import DropSchedule
-from .updates import UPDATE_RULES, TopologyUpdater
+Members load on first use (:mod:`cigl_bayes._lazy`), so the torch-free ``density`` module (the
+config's density check) imports without torch.
+"""
 
-__all__ = [
-    "DISTRIBUTIONS",
-    "UPDATE_RULES",
-    "DropSchedule",
-    "SparseNet",
-    "SupportMask",
-    "TopologyUpdater",
-    "check_density",
-    "erk_densities",
-    "exact_counts",
-    "layer_counts",
-    "maskable_weight_names",
-    "uniform_densities",
-]
+from .._lazy import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "density": ("DISTRIBUTIONS", "check_density", "erk_densities", "exact_counts", "layer_counts", "uniform_densities"),
+    "masks": ("SupportMask", "maskable_weight_names"),
+    "network": ("SparseNet",),
+    "schedule": ("DropSchedule",),
+    "updates": ("UPDATE_RULES", "TopologyUpdater"),
+})

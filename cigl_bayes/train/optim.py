@@ -7,9 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..names import LR_SCHEDULES
 from ..sparse.masks import MASKABLE_TYPES
-
-LR_SCHEDULES = ("step", "cosine")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

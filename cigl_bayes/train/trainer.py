@@ -21,10 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+from .errors import NonFiniteLossError
 
 
 class EpochHook(Protocol):
@@ -61,7 +58,8 @@ class Trainer:
             (e.g. ``-ELBO / N`` of a Pyro model and guide over ``model``).
         loader: yields ``(x, y)`` batches on the model's device; must have ``state_dict``.
         gate: optional ``StepGate`` (topology updater) called after each backward.
-        hooks: ``EpochHook`` s run at the end of every epoch (averaging, ...).
+        hooks: ``EpochHook`` s run at the end of every epoch (averaging, ...); a hook that also
+            has ``on_step_end(epoch, step)`` is called after every optimisation step.
         step_wrapper: optional callable wrapping ``optimizer.step`` (e.g. freezing dropped entries).
         checkpoint_path: where the resumable state is written (atomically) every
             ``checkpoint_every`` epochs and at the end; ``None`` disables checkpoints.
@@ -148,9 +146,12 @@ class Trainer:
             task = bar.add_task(self.description, total=self.epochs * steps_per_epoch, completed=self.epoch * steps_per_epoch, info="")
             while self.epoch < stop:
                 total = None
-                for x, y in self.loader:
+                step_hooks = [hook for hook in self.hooks if hasattr(hook, "on_step_end")]
+                for step, (x, y) in enumerate(self.loader):
                     loss = self.train_step(x, y)
                     total = loss if total is None else total + loss
+                    for hook in step_hooks:
+                        hook.on_step_end(self.epoch, step)
                     bar.advance(task)
                 mean_loss = float(total) / steps_per_epoch if total is not None else float("nan")
                 if not math.isfinite(mean_loss):

@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cigl_bayes.benchmark import Arm, paired_differences, parse_arms, parse_overrides, plot_vs_sparsity, report_markdown, run_grid, summary_rows
+from cigl_bayes.benchmark import (
+    Arm,
+    ood_paired_differences,
+    ood_report_markdown,
+    ood_summary,
+    paired_differences,
+    parse_arms,
+    parse_overrides,
+    plot_vs_sparsity,
+    report_markdown,
+    run_grid,
+    summary_rows,
+)
 from cigl_bayes.cli import app
 
 TINY = {"model__name": "mlp", "optim__epochs": 2, "data__batch_size": 128, "sparsity__update_every": 2, "eval__mc_samples": 2}
@@ -94,6 +106,20 @@ def test_bench_calibration_cli_in_two_workers(tmp_path: Path) -> None:
     assert (out / "digits.png").is_file() and (out / "wine.png").is_file() and (out / "records.csv").is_file()
 
 
+def test_bench_ood_cli_reports_near_and_far_auroc(tmp_path: Path) -> None:
+    out = tmp_path / "bench-ood"
+    settings = "model=mlp,epochs=2,batch_size=64,sparsity.update_every=2,moon.warmup_epochs=1"
+    result = CliRunner().invoke(app, ["bench-ood", "--datasets", "digits-open", "--methods", "rigl,moon", "--densities", "0.1",
+                                      "--seeds", "0,1", "--set", settings, "--jobs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "records.json").read_text())
+    assert len(records) == 4 and all(0 <= r["auroc_near"] <= 1 and 0 <= r["auroc_far"] <= 1 for r in records)
+    report = (out / "report.md").read_text()
+    assert "AUROC near" in report and "| moon | 0.1 |" in report and "seeds with higher AUROC" in report
+    result = CliRunner().invoke(app, ["bench-ood", "--datasets", "wine", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no OOD sets" in result.output and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("args, match", [
     (["--methods", "rigl,cigl", "--baseline", "dense"], "--baseline"),
     (["--methods", "rigl,cigl+drop_rate=2"], "drop rate"),
@@ -103,3 +129,33 @@ def test_bench_calibration_cli_in_two_workers(tmp_path: Path) -> None:
 def test_bench_calibration_bad_input_exits_2(args: list[str], match: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench-calibration", *args, "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and match in result.output and not (tmp_path / "b").exists()
+
+
+def test_ood_summary_splits_near_and_far_sets() -> None:
+    ood = {"near-held-out-6-9": {"auroc": 0.8, "fpr95": 0.5}, "noise": {"auroc": 0.9, "fpr95": 0.2},
+           "inverted": {"auroc": 0.7, "fpr95": 0.6}}
+    flat = ood_summary(ood)
+    assert flat["auroc_near"] == 0.8 and flat["fpr95_near"] == 0.5
+    assert flat["auroc_far"] == pytest.approx(0.8) and flat["fpr95_far"] == pytest.approx(0.4)
+    assert flat["ood_noise_auroc"] == 0.9 and "auroc_near" not in ood_summary({"noise": ood["noise"]})
+
+
+def test_ood_paired_differences_apply_the_auroc_target() -> None:
+    rows = []
+    for seed, (base, moon) in enumerate([(0.80, 0.83), (0.82, 0.85), (0.78, 0.80)]):
+        common = {"dataset": "d", "density": 0.1, "seed": seed, "accuracy": 0.9, "ece": 0.02, "fpr95_near": 0.5,
+                  "auroc_far": 0.9, "fpr95_far": 0.3}
+        rows += [{**common, "arm": "rigl", "auroc_near": base}, {**common, "arm": "moon", "auroc_near": moon}]
+    (diff,) = ood_paired_differences(rows)
+    assert diff["d_auroc_near_mean"] == pytest.approx((0.03 + 0.03 + 0.02) / 3) and diff["seeds_auroc_higher"] == 3
+    assert diff["meets_target"] and diff["target_on"] == "auroc_near"
+    lower = [dict(r, accuracy=0.89) if r["arm"] == "moon" else r for r in rows]
+    assert not ood_paired_differences(lower)[0]["meets_target"]  # -1 pp accuracy
+    text = ood_report_markdown(rows)
+    assert "AUROC near" in text and "| moon | 0.1 |" in text and "met" in text
+
+
+def test_run_grid_with_ood_records_near_and_far_auroc(tmp_path: Path) -> None:
+    (record,) = run_grid(["digits-open"], [Arm("moon", "moon")], [0.1], [0], tmp_path, base={**TINY, "moon__warmup_epochs": 1}, ood=True)
+    assert 0.0 <= record["auroc_near"] <= 1.0 and 0.0 <= record["auroc_far"] <= 1.0
+    assert "ood_near-held-out-6-9_auroc" in record

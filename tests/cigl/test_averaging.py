@@ -331,3 +331,25 @@ def test_bn_recalibration_applies_the_training_transform():
     plain = SnapshotAveraging(net, start_epoch=0, bn_inputs=x + 10.0, batch_size=32)
     plain.on_epoch_end(0)
     torch.testing.assert_close(sa.weights.averaged[1].running_mean, plain.weights.averaged[1].running_mean)
+
+
+def test_several_snapshots_per_epoch_evenly_spaced():
+    """snapshots_per_epoch=k folds after steps round((i+1) S/k) - 1 of each averaging epoch: the
+    average is the mean of exactly those snapshots, and BN is recomputed once per epoch."""
+    net, opt, bn_x = _setup()
+    steps = 6
+    sa = SnapshotAveraging(net, start_epoch=1, bn_inputs=bn_x, sample_mask=False, snapshots_per_epoch=3, steps_per_epoch=steps)
+    assert sa.fold_steps == {1, 3, 5}
+    data, taken = _data(4, n=steps), []
+    for epoch in range(3):
+        for step, (x, y) in enumerate(data):
+            _train_epoch(net, opt, [(x, y)])
+            sa.on_step_end(epoch, step)
+            if epoch >= 1 and step in (1, 3, 5):
+                taken.append({k: v.detach().clone() for k, v in net.masked_parameters(sample=False).items()})
+        sa.on_epoch_end(epoch)
+    assert sa.count == 6 == len(taken)
+    for name, param in sa.weights.averaged.named_parameters():
+        torch.testing.assert_close(param, torch.stack([t[name] for t in taken]).mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="snapshots per epoch"):
+        SnapshotAveraging(net, start_epoch=1, bn_inputs=bn_x, snapshots_per_epoch=7, steps_per_epoch=steps)

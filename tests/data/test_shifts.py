@@ -108,7 +108,7 @@ def test_unknown_name_and_missing_stats(digits_data: DataSplits) -> None:
     import dataclasses
 
     with pytest.raises(DataError, match="no OOD sets"):
-        ood_sets(dataclasses.replace(digits_data, name="mnist"))
+        ood_sets(dataclasses.replace(digits_data, name="wine"))
     with pytest.raises(DataError, match="statistics"):
         ood_sets(dataclasses.replace(digits_data, mean=None, std=None))
 

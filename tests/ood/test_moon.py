@@ -1,6 +1,7 @@
 """MOON's loss, alpha auto-tuner and the unknown logit's gradient (spec: moon.md, sections 2-3)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -100,3 +101,52 @@ def test_spec_example_threshold_for_alpha_one():
     """alpha = 1, q ~ 0: the unknown logit is pushed up once p_y < ~0.135 (h > 2)."""
     assert math.isclose(unknown_gradient_threshold(0.0, 1.0), 2.0)
     assert math.isclose(math.exp(-unknown_gradient_threshold(1e-9, 1.0)), 0.1353, abs_tol=1e-3)
+
+
+def _lrs(parts) -> list[float]:
+    """The lr of every optimisation step of the assembled run (the scheduler replayed)."""
+    trainer = parts.trainer
+    total = trainer.epochs * len(trainer.loader)
+    values = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+        for _ in range(total):
+            values.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.lr_scheduler.step()
+    return values
+
+
+def test_released_moon_recipe_lr_shape_and_snapshots(tiny_config, digits_data) -> None:
+    """MOON's released schedule: no warm-up, cosine from 1.2 x lr to 0.08 x lr until averaging
+    starts, then held; 10 % of each averaging epoch's steps folded. recipe="recipe" keeps today's."""
+    from cigl_bayes.methods import assemble
+
+    config = tiny_config("moon", optim__epochs=5, data__batch_size=32, optim__warmup_epochs=2)
+    parts = assemble(config, digits_data, progress=False)
+    steps = len(parts.trainer.loader)
+    lrs, base = _lrs(parts), config.optim.lr
+    start = int(0.8 * 5) * steps
+    assert lrs[0] == pytest.approx(1.2 * base)
+    assert all(a >= b for a, b in zip(lrs[:start], lrs[1:start]))
+    assert lrs[start:] == pytest.approx([0.08 * base] * (len(lrs) - start))
+    assert parts.averaging.fold_steps and len(parts.averaging.fold_steps) == max(1, round(0.1 * steps))
+    old = assemble(config.with_(moon__recipe="recipe"), digits_data, progress=False)
+    old_lrs = _lrs(old)
+    assert old_lrs[0] == pytest.approx(base / (2 * steps)) and old_lrs[-1] < 0.01 * base  # warm-up, cosine to ~0
+    assert not old.averaging.fold_steps
+
+
+def test_moon_ablation_arms(tiny_config, digits_data) -> None:
+    """moon-ce: K+1 outputs, plain cross-entropy, averaging; moon-no-avg: MOON loss, no averaging;
+    rigl-avg: K outputs, averaging with MOON's schedule."""
+    from cigl_bayes.methods import METHODS, assemble
+
+    ce = assemble(tiny_config("moon-ce"), digits_data, progress=False)
+    assert ce.trainer.objective is None and ce.averaging is not None
+    assert ce.model(digits_data.x_test[:2]).shape[-1] == 11
+    no_avg = assemble(tiny_config("moon-no-avg"), digits_data, progress=False)
+    assert isinstance(no_avg.trainer.objective, MoonObjective) and no_avg.averaging is None
+    rigl_avg = assemble(tiny_config("rigl-avg"), digits_data, progress=False)
+    assert rigl_avg.model(digits_data.x_test[:2]).shape[-1] == 10 and rigl_avg.averaging is not None
+    assert rigl_avg.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.2 * tiny_config().optim.lr)
+    assert METHODS["moon-cigl"].random_mask and tiny_config("moon-cigl").random_mask.drop_rate == 0.01

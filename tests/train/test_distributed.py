@@ -25,6 +25,7 @@ from torch import nn
 
 from cigl_bayes.bayes import HierarchicalGuide, NegativeELBO, SparseBayesModel
 from cigl_bayes.cigl import RandomMask
+from cigl_bayes.ood.diagnostics import MoonDiagnostics
 from cigl_bayes.ood.moon import AlphaSchedule, MoonObjective
 from cigl_bayes.data import DeviceLoader
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater
@@ -57,7 +58,11 @@ def _train(world: int, rank_: int, kind: str = "cross-entropy") -> dict[str, obj
     total = EPOCHS * len(loader)
     gate = TopologyUpdater(net, optimizer, DropSchedule.for_run(total, update_every=2, drop_fraction=0.5, end_fraction=1.0))
     objective = _objective(kind, net, len(loader))
-    trainer = Trainer(net, optimizer, loader, EPOCHS, objective=objective, gate=gate, progress=False)
+    diagnostics = MoonDiagnostics(net, {"test": x}, objective.schedule) if kind == "moon" else None
+    if diagnostics is not None:
+        diagnostics.attach(objective, nn.functional.cross_entropy)
+    trainer = Trainer(net, optimizer, loader, EPOCHS, objective=objective, gate=gate, progress=False,
+                      hooks=[diagnostics] if diagnostics is not None else [])
     distribute(SimpleNamespace(model=net, trainer=trainer))
     if world > 1:
         assert is_distributed() and gate.reduce_grads is all_reduce_mean_
@@ -73,6 +78,7 @@ def _train(world: int, rank_: int, kind: str = "cross-entropy") -> dict[str, obj
         "updates_done": gate.updates_done,
         "steps": gate.step,
         "beta": objective.schedule.beta.clone() if kind == "moon" else None,
+        "diagnostics": diagnostics.report() if diagnostics is not None else None,
     }
 
 
@@ -121,6 +127,12 @@ def test_two_ranks_match_each_other_and_one_process(kind: str, tmp_path: Path) -
     if kind == "moon":  # the alpha tuner saw the global batches
         assert torch.equal(a["beta"], b["beta"])
         torch.testing.assert_close(a["beta"], single["beta"], atol=1e-10, rtol=0)
+        # the per-epoch diagnostics are those of the global batches, on every rank
+        assert a["diagnostics"] == b["diagnostics"]
+        for key in ("alpha", "train_error", "pushes_unknown_up"):
+            assert a["diagnostics"][key] == pytest.approx(single["diagnostics"][key], abs=1e-5), key
+        for name, values in a["diagnostics"]["mean_q"].items():
+            assert values == pytest.approx(single["diagnostics"]["mean_q"][name], abs=1e-5), name
     # training moved the weights and the support (not a vacuous comparison)
     torch.manual_seed(0)
     start = SparseNet(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).double(),
