@@ -212,6 +212,8 @@ def plot_moon_diagnostics(history: Mapping[str, Any], path: str | os.PathLike, t
     logit up, mean unknown probability on train / test / each OOD set, and alpha. Writes a PNG."""
     from matplotlib.figure import Figure  # imported only when plotting
 
+    from .plots import save_figure
+
     epochs = list(history["epoch"])
     fig = Figure(figsize=(13.0, 3.2), layout="constrained")
     axes = fig.subplots(1, 4)
@@ -225,9 +227,4 @@ def plot_moon_diagnostics(history: Mapping[str, Any], path: str | os.PathLike, t
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("epoch")
     axes[2].legend(fontsize="x-small")
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, title)

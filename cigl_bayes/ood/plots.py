@@ -26,6 +26,11 @@ def plot_score_histograms(scores: dict[str, torch.Tensor], path: str | os.PathLi
         ax.set_xlabel("score (larger = more in-distribution)")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize="small")
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Give ``fig`` its ``title`` (if any) and write it to ``path`` (PNG, parents created)."""
     if title:
         fig.suptitle(title)
     path = Path(path)

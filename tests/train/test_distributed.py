@@ -89,6 +89,7 @@ def _worker(rank_: int, world: int, port: int, out_dir: str, kind: str) -> None:
     try:
         assert rank() == rank_ and world_size() == world
         torch.save(_train(world, rank_, kind), Path(out_dir) / f"rank{rank_}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
