@@ -15,6 +15,7 @@ from .config import RunConfig
 from .data import DataSplits, load_dataset
 from .drop_rate import choose_drop_rate, is_auto
 from .evaluate import evaluate_log_probs, measured_density, predict_logits
+from .flops import run_flops
 from .methods import Assembled, assemble, get_method, validate
 from .predictive import EnsemblePredictive, MCPredictive, PointPredictive, Predictive, log_predict
 from .temperature import fit_temperature
@@ -172,6 +173,7 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
         "val": evaluate_log_probs(known_class_log_probs(log_probs["val"], k), data.y_val),
         **notes,
         **({"random_mask": mask_choice} if mask_choice is not None else {}),
+        "flops": run_flops(parts, predictive[0].networks(), data.input_shape),  # no RNG draws (flops.py)
         "train_loss": history.loss,
         "config": config.to_dict(),
     }
