@@ -17,8 +17,12 @@ SUMMARY_METRICS = ("accuracy", "ece", "nll", "brier")
 
 
 def flat_record(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    """The scalar columns of a run record, in ``keys`` order."""
-    return {k: record.get(k) for k in keys}
+    """The scalar columns of a run record, in ``keys`` order, then its FLOPs fractions of dense
+    (``flops_inference``, ``flops_training``; see :mod:`cigl_bayes.flops`) when it has them."""
+    row = {k: record.get(k) for k in keys}
+    if "flops" in record:
+        row.update(flops_inference=record["flops"]["inference_fraction"], flops_training=record["flops"]["training_fraction"])
+    return row
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path, stem: str = "results") -> tuple[Path, Path]:

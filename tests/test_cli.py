@@ -85,6 +85,9 @@ def test_compare_writes_one_row_per_run(runner: CliRunner, tmp_path: Path) -> No
         metrics = _metrics(run_dir)
         assert metrics["accuracy"] == row["accuracy"] and metrics["nll"] == row["nll"]
         assert metrics["seed"] == row["seed"]
+        assert row["flops_inference"] == metrics["flops"]["inference_fraction"]  # FLOPs fractions of dense
+        assert row["flops_training"] == metrics["flops"]["training_fraction"]
+    assert rows[0]["flops_inference"] == 1.0 and 0 < rows[2]["flops_inference"] < 0.2
     assert rows[0]["accuracy"] != rows[1]["accuracy"] or rows[0]["nll"] != rows[1]["nll"]  # seeds differ
     # the table (stdout) has one line per (method, density) with mean ± std
     assert "dense" in result.stdout and "rigl" in result.stdout and "±" in result.stdout

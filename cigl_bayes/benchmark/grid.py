@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import RunConfig, recipe
 from ..names import NEAR_OOD_PREFIX
+from ..results import flat_record
 
 #: Short names for the overrides users try most (``cigl+drop_rate=0.01``); any other key is
 #: ``section.field`` of :class:`~cigl_bayes.config.RunConfig` (``cigl+optim.lr=0.02``).
@@ -136,6 +137,7 @@ def _run_job(job: Job, threads: int) -> dict[str, Any]:
         "model": config.model.name, **{k: record[k] for k in ("accuracy", "ece", "ece_15", "nll", "brier")},
         "confidence": record["confidence"], **{f"val_{k}": record["val"][k] for k in ("accuracy", "ece", "nll")},
         "final_train_loss": record["train_loss"][-1], "seconds": time.perf_counter() - start,
+        **flat_record(record, ()),
     }
     if "random_mask" in record:
         flat["drop_rate"] = record["random_mask"]["drop_rate"]

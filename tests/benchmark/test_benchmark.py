@@ -158,4 +158,5 @@ def test_ood_paired_differences_apply_the_auroc_target() -> None:
 def test_run_grid_with_ood_records_near_and_far_auroc(tmp_path: Path) -> None:
     (record,) = run_grid(["digits-open"], [Arm("moon", "moon")], [0.1], [0], tmp_path, base={**TINY, "moon__warmup_epochs": 1}, ood=True)
     assert 0.0 <= record["auroc_near"] <= 1.0 and 0.0 <= record["auroc_far"] <= 1.0
+    assert 0.0 < record["flops_inference"] < 0.2 and record["flops_inference"] < record["flops_training"] < 1.0
     assert "ood_near-held-out-6-9_auroc" in record
