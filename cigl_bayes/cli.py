@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from .config import RunConfig, recipe
-from .names import COMPARE_DATASETS, DATASET_NAMES, EXPORT_FORMATS, MODEL_NAMES, NEAR_OOD_PREFIX
+from .names import COMPARE_DATASETS, DATASET_NAMES, EXPORT_FORMATS, MODEL_NAMES
 from .registry import METHODS, validate
 from .train.errors import NonFiniteLossError
 from .train.run_dir import check_writable_dir, check_writable_file
@@ -235,6 +235,7 @@ def ood(
     _require_ood_sets(configs[0])
     _guarded(check_writable_dir, out)
     from .metrics.calibration import ECE_BINS
+    from .metrics.ood import near_far_means
     from .results import summarise, summary_table, write_results
     from .runner import run
 
@@ -245,13 +246,9 @@ def ood(
         for ood_set, report in record["ood"].items():
             rows.append({"method": config.method, "seed": config.seed, "ood_set": ood_set, **report,
                          "accuracy": record["accuracy"], "ece": record["ece"]})
-        near = [name for name in record["ood"] if name.startswith(NEAR_OOD_PREFIX)]
-        for label, names in (("mean near-OOD", near), ("mean far-OOD", [n for n in record["ood"] if n not in near])):
-            if names:
-                per_set = [record["ood"][n] for n in names]
-                means.append({"method": config.method, "seed": config.seed, "ood_set": label,
-                              **{m: sum(r[m] for r in per_set) / len(per_set) for m in per_set[0]},
-                              "accuracy": record["accuracy"], "ece": record["ece"]})
+        for group, mean in near_far_means(record["ood"]).items():
+            means.append({"method": config.method, "seed": config.seed, "ood_set": f"mean {group}-OOD", **mean,
+                          "accuracy": record["accuracy"], "ece": record["ece"]})
     write_results(rows, out)
     stdout = _stdout()
     detection = ("auroc", "fpr95", "aupr_in", "aupr_out")

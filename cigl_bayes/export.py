@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import write_atomic
 from .models import MLP, build_model
 from .names import EXPORT_FORMATS as FORMATS
 from .predictive import Predictive, from_spec
@@ -135,17 +135,7 @@ def export_sparse(
                 density=nnz_total / numel_total if numel_total else 1.0)
     arrays[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -250,16 +240,11 @@ def model_from_run(checkpoint: dict[str, Any]) -> tuple[Predictive, dict[str, An
         raise ValueError("the checkpoint holds no final predictive / config; it was not written by `cigl-bayes train` "
                          "(or by a version before predictives were saved: train again)")
     config = RunConfig.from_dict(checkpoint["config"])
-    architecture = dict(saved["architecture"])
-    networks = []
-    for state in saved["networks"]:
-        network = build_model(architecture["model"], tuple(architecture["input_shape"]), int(architecture["num_classes"]),
-                              dropout=float(architecture["dropout"]))
-        network.load_state_dict(state)
-        networks.append(network)
-    predictive = from_spec(saved["spec"], networks)
-    meta = {**architecture, "predictive": saved["spec"], "method": config.method, "dataset": config.data.dataset,
+    meta = {**saved["architecture"], "predictive": saved["spec"], "method": config.method, "dataset": config.data.dataset,
             "config": config.to_dict()}
+    predictive = _rebuild(meta, Path("the checkpoint"))
+    for network, state in zip(predictive.networks(), saved["networks"], strict=True):
+        network.load_state_dict(state)
     return predictive.eval(), meta
 
 

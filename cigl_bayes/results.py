@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +12,8 @@ from typing import Any
 
 from rich import box
 from rich.table import Table
+
+from .atomic import write_text_atomic
 
 SUMMARY_METRICS = ("accuracy", "ece", "nll", "brier")
 
@@ -27,19 +29,13 @@ def flat_record(record: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path, stem: str = "results") -> tuple[Path, Path]:
     """Write ``rows`` as ``stem.csv`` and ``stem.json`` (each atomically) in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    os.replace(tmp, json_path)
-    return csv_path, json_path
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = write_text_atomic(out_dir / f"{stem}.csv", table.getvalue())
+    return csv_path, write_text_atomic(out_dir / f"{stem}.json", json.dumps(rows, indent=2))
 
 
 def summarise(rows: list[dict[str, Any]], group_by: Sequence[str] = ("method", "density"), metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_text_atomic
 from .config import RunConfig
 from .data import DataSplits, load_dataset
 from .drop_rate import choose_drop_rate, is_auto
@@ -163,13 +164,14 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
         _save_weights(predictive[0], out / "model.safetensors", config)
     log_probs, notes = final_predictions(parts, config, data, {f"ood:{k}": v for k, v in shifted.items()}, predictive)
     k = data.num_classes
+    test_log_probs = known_class_log_probs(log_probs["test"], k)
     record: dict[str, Any] = {
         "method": config.method,
         "dataset": config.data.dataset,
         "model": config.model.name,
         "density": config.sparsity.density if parts.method.sparse else 1.0,
         "seed": config.seed,
-        **evaluate_log_probs(known_class_log_probs(log_probs["test"], k), data.y_test),
+        **evaluate_log_probs(test_log_probs, data.y_test),
         "val": evaluate_log_probs(known_class_log_probs(log_probs["val"], k), data.y_val),
         **notes,
         **({"random_mask": mask_choice} if mask_choice is not None else {}),
@@ -185,7 +187,7 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
     if out is not None:
         from .metrics.plots import plot_reliability_diagram
 
-        plot_reliability_diagram(known_class_log_probs(log_probs["test"], k).exp().cpu(), data.y_test.cpu(), out / "reliability.png",
+        plot_reliability_diagram(test_log_probs.exp().cpu(), data.y_test.cpu(), out / "reliability.png",
                                  title=f"{config.method} on {config.data.dataset} (test)")
         if ood:
             from .ood.plots import plot_score_histograms
@@ -196,7 +198,7 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
             from .ood.diagnostics import plot_moon_diagnostics
 
             plot_moon_diagnostics(record["moon_diagnostics"], out / "moon_diagnostics.png", title=f"{config.method}: per-epoch diagnostics")
-        _write_json_atomic(record, out / "metrics.json")
+        write_text_atomic(out / "metrics.json", json.dumps(record, indent=2, default=_json_default))
     return record
 
 
@@ -234,12 +236,6 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..config import RunConfig, recipe
-from ..names import NEAR_OOD_PREFIX
 from ..results import flat_record
 
 #: Short names for the overrides users try most (``cigl+drop_rate=0.01``); any other key is
@@ -111,15 +111,16 @@ def _record_path(out: Path, dataset: str, arm: Arm, density: float, seed: int) -
 OOD_METRICS = ("auroc", "fpr95")
 
 
-def ood_summary(ood: dict[str, dict[str, float]], near_prefix: str = NEAR_OOD_PREFIX) -> dict[str, float]:
-    """Per-set ``ood_<set>_<metric>`` and the means over near-OOD sets (names starting with
-    ``near_prefix``: held-out classes) and over far-OOD sets (the rest) of AUROC and FPR95."""
+def ood_summary(ood: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-set ``ood_<set>_<metric>`` and ``<metric>_near`` / ``<metric>_far``, the means over the
+    near- and far-OOD sets (``metrics.ood.near_far_means``), of AUROC and FPR95."""
+    from ..metrics.ood import near_far_means
+
     flat: dict[str, float] = {}
     for name, report in ood.items():
         flat.update({f"ood_{name}_{m}": report[m] for m in OOD_METRICS})
-    for group, names in (("near", [n for n in ood if n.startswith(near_prefix)]), ("far", [n for n in ood if not n.startswith(near_prefix)])):
-        if names:
-            flat.update({f"{m}_{group}": sum(ood[n][m] for n in names) / len(names) for m in OOD_METRICS})
+    for group, means in near_far_means(ood).items():
+        flat.update({f"{m}_{group}": means[m] for m in OOD_METRICS})
     return flat
 
 
@@ -145,10 +146,7 @@ def _run_job(job: Job, threads: int) -> dict[str, Any]:
         flat.update({f"mc_{k}": record["mc_predictive"][k] for k in ("accuracy", "ece", "nll")})
     if job.ood:
         flat.update(ood_summary(record["ood"]))
-    tmp = job.path.with_suffix(".tmp")
-    job.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(flat, indent=1))
-    os.replace(tmp, job.path)
+    write_text_atomic(job.path, json.dumps(flat, indent=1))
     return flat
 
 

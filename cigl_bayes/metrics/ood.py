@@ -14,12 +14,15 @@ value is one operating point, so tied scores enter or leave together (no tie-bre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr", "ood_report"]
+from ..names import NEAR_OOD_PREFIX
+
+__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr", "near_far_means", "ood_report"]
 
 
 def _as_scores(x: Any, what: str) -> Tensor:
@@ -108,3 +111,13 @@ def ood_report(score_id: Tensor, score_ood: Tensor) -> dict[str, float]:
         "aupr_in": _average_precision(tps, fps, p),
         "aupr_out": _average_precision(tps_o, fps_o, p_o),
     }
+
+
+def near_far_means(reports: Mapping[str, Mapping[str, float]], near_prefix: str = NEAR_OOD_PREFIX) -> dict[str, dict[str, float]]:
+    """Mean of every metric over the near-OOD sets (names starting with ``near_prefix``: held-out
+    classes) and over the far-OOD sets (the rest): ``{"near": {...}, "far": {...}}``, a group only
+    where it has sets."""
+    near = [name for name in reports if name.startswith(near_prefix)]
+    groups = {"near": near, "far": [name for name in reports if name not in near]}
+    return {group: {m: sum(reports[n][m] for n in names) / len(names) for m in reports[names[0]]}
+            for group, names in groups.items() if names}

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .moon import Q_MAX, AlphaSchedule
+from .moon import Q_MAX, AlphaSchedule, loss_terms
 
 DEFAULT_MAX_EXAMPLES = 256  # per evaluation set; on digits (1078 training examples) 512 doubles an epoch
 
@@ -59,11 +59,9 @@ def unknown_logit_gradient(logits: Tensor, targets: Tensor, alpha: float | Tenso
     ``logits``: ``(B, K+1)``, the last column "unknown"; ``alpha = 0`` gives plain cross-entropy.
     """
     with torch.no_grad():
-        log_probs = logits.log_softmax(-1)
+        log_probs, h, q = loss_terms(logits, targets)
         p = log_probs[:, -1].exp()
         one_minus_p = log_probs[:, :-1].logsumexp(-1).exp()  # 1 - p, accurate when p is near 1
-        h = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-        q = p.clamp(max=Q_MAX)
         wrong = (logits.argmax(-1) != targets).to(logits.dtype)
         alpha = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
         weight = 1.0 + wrong * alpha / (1.0 + alpha * q)

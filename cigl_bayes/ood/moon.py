@@ -28,11 +28,17 @@ from ..registry import check_warmup
 Q_MAX = 1.0 - 1e-7
 
 
-def moon_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor) -> Tensor:
-    """The re-weighted loss above; ``logits`` has ``K + 1`` columns, the last being "unknown"."""
+def loss_terms(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log_probs, h, q)`` of the loss above: the log-softmax over ``K + 1``, the per-example
+    cross-entropy ``h`` and the clamped unknown probability ``q``."""
     log_probs = logits.log_softmax(-1)
     h = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-    q = log_probs[:, -1].exp().clamp(max=Q_MAX)
+    return log_probs, h, log_probs[:, -1].exp().clamp(max=Q_MAX)
+
+
+def moon_loss(logits: Tensor, targets: Tensor, alpha: float | Tensor) -> Tensor:
+    """The re-weighted loss above; ``logits`` has ``K + 1`` columns, the last being "unknown"."""
+    _, h, q = loss_terms(logits, targets)
     wrong = (logits.detach().argmax(-1) != targets).to(logits.dtype)
     weight = 1.0 + wrong * alpha / (1.0 + alpha * q)
     return (h * weight).mean()
@@ -72,9 +78,7 @@ class AlphaSchedule:
     def observe(self, logits: Tensor, targets: Tensor) -> None:
         """Fold :math:`s_t = \\mathrm{mean}_i (1 - q_i) h_i` of a warm-up batch into the EWMA."""
         with torch.no_grad():
-            log_probs = logits.log_softmax(-1)
-            h = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-            q = log_probs[:, -1].exp().clamp(max=Q_MAX)
+            _, h, q = loss_terms(logits, targets)
             s = ((1.0 - q) * h).mean()
             if self.reduce_stat is not None:
                 self.reduce_stat([s])

@@ -10,39 +10,22 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+
+from ..atomic import write_atomic
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is damaged, foreign, or references code it may not load."""
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temporary file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: readers see the old file or the new one, never half."""
-    return _write_atomic(path, lambda handle: torch.save(state, handle))
+    return write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -70,4 +53,4 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metada
     from safetensors.torch import save
 
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
-    return _write_atomic(path, lambda handle: handle.write(save(tensors, metadata=metadata)))
+    return write_atomic(path, lambda handle: handle.write(save(tensors, metadata=metadata)))

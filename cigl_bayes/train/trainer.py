@@ -144,9 +144,9 @@ class Trainer:
         steps_per_epoch = len(self.loader)
         with _progress_bar(self.progress) as bar:
             task = bar.add_task(self.description, total=self.epochs * steps_per_epoch, completed=self.epoch * steps_per_epoch, info="")
+            step_hooks = [hook for hook in self.hooks if hasattr(hook, "on_step_end")]
             while self.epoch < stop:
                 total = None
-                step_hooks = [hook for hook in self.hooks if hasattr(hook, "on_step_end")]
                 for step, (x, y) in enumerate(self.loader):
                     loss = self.train_step(x, y)
                     total = loss if total is None else total + loss
