@@ -3,8 +3,10 @@
 Bad input (density outside (0, 1], unknown method/model/dataset/device, bad labels, a missing data
 folder, an unusable or busy --out, a damaged or untrusted checkpoint, a non-finite loss) prints one
 ``error:`` line and exits with code 2, before anything is trained or written. Help texts list the
-registries (methods, models, datasets). This module imports only torch-free modules
-(:mod:`cigl_bayes.names`, :mod:`cigl_bayes.registry`, the config); torch and the heavy libraries
+registries (methods, models, datasets) and, for ``--set``, the config's fields. A run's config is
+layered: defaults < the dataset's recipe < ``--config FILE`` < the options given < ``--set``
+(:mod:`cigl_bayes.config_io`). This module imports only torch-free modules
+(:mod:`cigl_bayes.names`, :mod:`cigl_bayes.registry`, the config and config_io); torch and the heavy libraries
 (pyro, gpytorch, arviz, matplotlib) load in the command bodies after the input checks, so
 ``--help`` and input errors return at once.
 """
@@ -12,12 +14,13 @@ registries (methods, models, datasets). This module imports only torch-free modu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
 
-from .config import RunConfig, recipe
+from .config import RunConfig
+from .config_io import check, fields_help, layered_config, load_config_file, nest, parse_sets
 from .names import COMPARE_DATASETS, DATASET_NAMES, EXPORT_FORMATS, MODEL_NAMES
 from .registry import METHODS, validate
 from .train.errors import NonFiniteLossError
@@ -45,25 +48,57 @@ KlOpt = typer.Option(None, "--kl", help="cigl-svi KL term: mc (Monte Carlo throu
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show a progress bar")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32, or bf16 (training forward and loss under torch.autocast)")
 CompileOpt = typer.Option(None, "--compile/--no-compile", help="train through torch.compile(model) (methods without their own objective)")
+PRECEDENCE = "defaults < the dataset's recipe < --config < the options given < --set"
+ConfigOpt = typer.Option(None, "--config", help="YAML or JSON file, a nested mapping of RunConfig's fields, e.g. "
+                         "{method: cigl, sparsity: {density: 0.1}, optim: {lr: 0.05}} (OUT/config.yaml of a run "
+                         f"reproduces it); precedence: {PRECEDENCE}")
+SetsOpt = typer.Option(None, "--set", help="SECTION.FIELD=VALUE (or FIELD=VALUE at the top level), repeatable; VALUE is "
+                       "read as YAML (0.05, 1e-3, true, null, [0.01, 0.1]); wins over every other source. "
+                       f"Fields: {fields_help()}")
 
 
-def _config(method: str, dataset: str, seed: int, device: str, regression_ok: bool = False, **overrides: Any) -> RunConfig:
-    """The dataset's recipe with the options the user gave, validated (names, device)."""
-    names = {
-        "model": "model__name", "data_dir": "data__data_dir", "epochs": "optim__epochs", "batch_size": "data__batch_size",
-        "lr": "optim__lr", "density": "sparsity__density", "distribution": "sparsity__distribution",
-        "update_every": "sparsity__update_every", "drop_rate": "random_mask__drop_rate", "kl": "bayes__kl",
-        "moon_warmup": "moon__warmup_epochs", "learn_keep": "bayes__learn_keep", "precision": "precision", "compile": "compile",
-    }
+#: Option name -> the RunConfig field it sets.
+OPTION_FIELDS = {
+    "method": "method", "seed": "seed", "device": "device", "dataset": "data.dataset",
+    "model": "model.name", "data_dir": "data.data_dir", "epochs": "optim.epochs", "batch_size": "data.batch_size",
+    "lr": "optim.lr", "density": "sparsity.density", "distribution": "sparsity.distribution",
+    "update_every": "sparsity.update_every", "drop_rate": "random_mask.drop_rate", "kl": "bayes.kl",
+    "moon_warmup": "moon.warmup_epochs", "learn_keep": "bayes.learn_keep", "precision": "precision", "compile": "compile",
+}
+
+
+def _config(method: str | None, dataset: str | None, seed: int | None, device: str | None, regression_ok: bool = False, *,
+            file: dict[str, Any] | None = None, sets: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """The run's config, validated (names, device): the dataset's recipe, then ``file`` (--config),
+    then the options given (None: not given), then ``sets`` (--set)."""
     if overrides.get("drop_rate") not in (None, "auto"):
         try:
             overrides["drop_rate"] = float(overrides["drop_rate"])
         except ValueError:
             raise ValueError(f"--drop-rate takes a number in [0, 1) or auto, got {overrides['drop_rate']!r}") from None
-    changes = {names[k]: v for k, v in overrides.items() if v is not None}
-    config = recipe(dataset, overrides.get("model")).with_(method=method, seed=seed, device=device, data__dataset=dataset, **changes)
+    given = {"method": method, "seed": seed, "device": device, "dataset": dataset, **overrides}
+    flags = check(nest({OPTION_FIELDS[k]: v for k, v in given.items() if v is not None}), "options")
+    config = layered_config(file, flags, sets)
     validate(config, regression_ok=regression_ok)
     return config
+
+
+def _layers(config_file: Path | None, sets: list[str] | None, axes: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """The checked mappings of --config and --set; ``axes`` (the command's grid: field -> option,
+    e.g. ``{"seed": "--seeds"}``) cannot be --set."""
+    file = _guarded(load_config_file, config_file) if config_file is not None else {}
+    overrides = _guarded(parse_sets, sets or [])
+    for axis, option in (axes or {}).items():
+        section, _, name = axis.partition(".")
+        if (name in overrides.get(section, {})) if name else section in overrides:
+            _fail(f"--set {axis} is a grid axis of this command; give it with {option} instead")
+    return file, overrides
+
+
+def _given(ctx: typer.Context, name: str, value: Any) -> Any:
+    """``value`` if the user typed option ``name``, else None (so --config may set it)."""
+    source = ctx.get_parameter_source(name)  # typer's vendored click's ParameterSource: compare by name
+    return None if source is None or source.name in ("DEFAULT", "DEFAULT_MAP") else value
 
 
 def _fail(message: str) -> None:
@@ -81,6 +116,7 @@ def _guarded(fn, *args, **kwargs):
 
 @app.command()
 def train(
+    ctx: typer.Context,
     method: str = typer.Option("cigl", "--method", help=METHOD_LIST),
     model: Optional[str] = ModelOpt,
     dataset: str = DatasetOpt,
@@ -102,13 +138,22 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="output folder"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt if present"),
     progress: bool = ProgressOpt,
+    config_file: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetsOpt,
 ) -> None:
-    """Train one model; write OUT/metrics.json, OUT/reliability.png, OUT/checkpoint.pt and the final
-    weights as OUT/model.safetensors. OUT is locked while the run writes into it."""
-    config = _guarded(_config, method, dataset, seed, device, model=model, data_dir=data_dir, density=density,
-                      distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
+    """Train one model; write OUT/config.yaml (--config OUT/config.yaml repeats the run), OUT/epochs.csv
+    (one row per epoch, appended as training runs: epoch, train loss, lr, elapsed seconds), TensorBoard
+    scalars in OUT/tensorboard/ (when the tensorboard package is installed), OUT/metrics.json,
+    OUT/reliability.png, OUT/checkpoint.pt and the final weights as OUT/model.safetensors. OUT is
+    locked while the run writes into it. Settings: defaults < the dataset's recipe < --config <
+    the options given < --set."""
+    file, overrides = _layers(config_file, sets)
+    config = _guarded(_config, _given(ctx, "method", method), _given(ctx, "dataset", dataset), _given(ctx, "seed", seed),
+                      _given(ctx, "device", device), file=file, sets=overrides, model=model, data_dir=data_dir,
+                      density=density, distribution=distribution, epochs=epochs, batch_size=batch_size, lr=lr,
                       update_every=update_every, drop_rate=drop_rate, kl=kl, moon_warmup=moon_warmup,
                       learn_keep=learn_keep, precision=precision, compile=compile_model)
+    method, dataset = config.method, config.data.dataset
     _guarded(check_writable_dir, out)  # before torch loads; the run then locks OUT
     from .metrics.calibration import ECE_BINS
     from .runner import run
@@ -132,6 +177,7 @@ def _split(text: str, cast, option: str) -> list:
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     methods: str = typer.Option("dense,rigl,cigl", "--methods", help=f"comma-separated, of: {METHOD_LIST}"),
     densities: str = typer.Option("0.1,0.05", "--densities", help="comma-separated densities"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
@@ -151,8 +197,13 @@ def compare(
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/compare"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
+    config_file: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetsOpt,
 ) -> None:
-    """Run the grid methods x densities x seeds; print mean ± std; write OUT/results.csv and results.json."""
+    """Run the grid methods x densities x seeds; print mean ± std; write OUT/results.csv and results.json
+    (and each run's files, as `train` does, in OUT/<method>-d<density>-s<seed>/). The grid options
+    win over --config; --set takes every other field."""
+    file, overrides = _layers(config_file, sets, axes={"method": "--methods", "sparsity.density": "--densities", "seed": "--seeds"})
     method_list = _split(methods, str, "--methods")
     density_list, seed_list = _split(densities, float, "--densities"), _split(seeds, int, "--seeds")
     if not (method_list and density_list and seed_list):
@@ -164,7 +215,8 @@ def compare(
     for name in method_list:
         for density in ([1.0] if name in METHODS and not METHODS[name].sparse else density_list):
             for seed in seed_list:
-                config = _guarded(_config, name, dataset, seed, device, density=density, **common)
+                config = _guarded(_config, name, _given(ctx, "dataset", dataset), seed, _given(ctx, "device", device),
+                                  density=density, file=file, sets=overrides, **common)
                 configs.append(config)
     _guarded(check_writable_dir, out)
     from .metrics.calibration import ECE_BINS
@@ -183,7 +235,7 @@ def compare(
         rows.append(row)
     csv_path, json_path = write_results(rows, out)
     stdout = _stdout()
-    stdout.print(f"{dataset}: {_over_seeds(seed_list)}")
+    stdout.print(f"{configs[0].data.dataset}: {_over_seeds(seed_list)}")
     stdout.print(summary_table(summarise(rows)))
     stdout.print(f"ece: {ECE_BINS} equal-width bins; nll in nats per example; every metric of every run is in "
                  f"{csv_path.name}\n")
@@ -207,6 +259,7 @@ def _over_seeds(seeds: list[int]) -> str:
 
 @app.command()
 def ood(
+    ctx: typer.Context,
     methods: str = typer.Option("rigl,cigl,moon", "--methods", help=f"comma-separated, of: {METHOD_LIST} (moon*: MOON's unknown class)"),
     density: float = typer.Option(0.1, "--density", help="fraction of weights kept, in (0, 1]"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds"),
@@ -220,17 +273,21 @@ def ood(
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/ood"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
+    config_file: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetsOpt,
 ) -> None:
     """Train each method and seed, score the ID test set against every OOD set (MSP), print
     AUROC / FPR95 / AUPR-In / AUPR-Out with ID accuracy and ECE (mean ± std), write OUT/results.json."""
+    file, overrides = _layers(config_file, sets, axes={"method": "--methods", "seed": "--seeds"})
     method_list, seed_list = _split(methods, str, "--methods"), _split(seeds, int, "--seeds")
     if not (method_list and seed_list):
         _fail("--methods and --seeds each need at least one value")
     configs = []
     for name in method_list:
         for seed in seed_list:
-            config = _guarded(_config, name, dataset, seed, device, density=density, model=model, data_dir=data_dir,
-                              epochs=epochs, batch_size=batch_size, lr=lr, moon_warmup=moon_warmup)
+            config = _guarded(_config, name, _given(ctx, "dataset", dataset), seed, _given(ctx, "device", device),
+                              density=_given(ctx, "density", density), file=file, sets=overrides, model=model,
+                              data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, moon_warmup=moon_warmup)
             configs.append(config)
     _require_ood_sets(configs[0])
     _guarded(check_writable_dir, out)
@@ -253,7 +310,8 @@ def ood(
     stdout = _stdout()
     detection = ("auroc", "fpr95", "aupr_in", "aupr_out")
     summary = summarise(rows + means, group_by=("method", "ood_set"), metrics=detection)
-    stdout.print(f"{dataset}, density {density}: OOD detection (MSP score), {_over_seeds(seed_list)}")
+    stdout.print(f"{configs[0].data.dataset}, density {configs[0].sparsity.density:g}: OOD detection (MSP score), "
+                 f"{_over_seeds(seed_list)}")
     stdout.print(summary_table(summary, group_by=("method", "ood_set"), metrics=detection))
     in_distribution = ("accuracy", "ece")
     stdout.print(f"\nin-distribution test split (ece: {ECE_BINS} equal-width bins)")
@@ -276,19 +334,46 @@ def _require_ood_sets(config: RunConfig) -> None:
 ArmsHelp = ("comma-separated arms METHOD[+key=value...], e.g. cigl+drop_rate=0.01 "
             "(keys: drop_rate, hold_lr, sample_mask, epochs, lr, model, batch_size or section.field)")
 SetOpt = typer.Option("", "--set", help="overrides for every arm, comma-separated key=value (same keys as in --methods)")
+BenchConfigOpt = typer.Option(None, "--config", help="YAML or JSON file of RunConfig fields for every arm (as `train "
+                              "--config`; method, seed, density and dataset come from the grid); precedence: the "
+                              "dataset's recipe < --config < --set < the arm's own keys")
 BaselineOpt = typer.Option("rigl", "--baseline", help="the arm the paired differences are taken against")
 JobsOpt = typer.Option(2, "--jobs", help="runs trained side by side (worker processes)")
 ThreadsOpt = typer.Option(1, "--threads", help="torch threads per worker")
 
 
+BENCH_AXES = ("method", "seed", "sparsity.density", "data.dataset")
+
+
+def _bench_base(settings: str, config_file: Path | None) -> dict[str, Any]:
+    """The benchmark-wide ``RunConfig.with_`` overrides: --config (less the grid's axes), then --set,
+    names and types checked."""
+    from .benchmark import parse_overrides
+
+    dotted = {k.replace("__", "."): v for k, v in _guarded(parse_overrides, _split(settings, str, "--set"), settings).items()}
+    for axis in BENCH_AXES:
+        if axis in dotted:
+            _fail(f"--set {axis} is a grid axis; give it with --methods / --seeds / --densities / --datasets")
+    checked = _guarded(check, nest(dotted), "--set")
+    file = _guarded(load_config_file, config_file) if config_file is not None else {}
+    flat = {}
+    for layer in (file, checked):
+        for key, value in layer.items():
+            for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+                dotted_key = f"{key}.{name}" if name else key
+                if dotted_key not in BENCH_AXES:
+                    flat[dotted_key.replace(".", "__")] = item
+    return flat
+
+
 def _bench(kind: str, datasets: str, methods: str, densities: str, seeds: str, settings: str, baseline: str, jobs: int,
-           threads: int, out: Path) -> None:
+           threads: int, out: Path, config_file: Path | None = None) -> None:
     """The grid of ``bench-calibration`` (``kind="calibration"``) or ``bench-ood`` (``"ood"``):
     train (resumably), write the records, the markdown report and, for calibration, the plots."""
-    from .benchmark import parse_arms, parse_overrides
+    from .benchmark import parse_arms
 
     arms = _guarded(parse_arms, methods)
-    base = _guarded(parse_overrides, _split(settings, str, "--set"), settings)
+    base = _bench_base(settings, config_file)
     dataset_list, density_list = _split(datasets, str, "--datasets"), _split(densities, float, "--densities")
     seed_list = _split(seeds, int, "--seeds")
     if not (dataset_list and density_list and seed_list):
@@ -338,11 +423,12 @@ def bench_calibration(
     jobs: int = JobsOpt,
     threads: int = ThreadsOpt,
     out: Path = typer.Option(Path("runs/bench-calibration"), "--out", help="output folder (re-running resumes it)"),
+    config_file: Optional[Path] = BenchConfigOpt,
 ) -> None:
     """Methods x densities x seeds on each dataset: OUT/report.md (mean ± std and the paired per-seed
     difference against --baseline), OUT/<dataset>.png (accuracy and ECE against sparsity) and
     OUT/records.{csv,json}. Finished runs are kept in OUT/records/ and not trained again."""
-    _bench("calibration", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out)
+    _bench("calibration", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out, config_file)
 
 
 @app.command("bench-ood")
@@ -357,11 +443,12 @@ def bench_ood(
     jobs: int = JobsOpt,
     threads: int = ThreadsOpt,
     out: Path = typer.Option(Path("runs/bench-ood"), "--out", help="output folder (re-running resumes it)"),
+    config_file: Optional[Path] = BenchConfigOpt,
 ) -> None:
     """Methods x densities x seeds, each run scored on every OOD set of its dataset (MSP):
     OUT/report.md (ID accuracy / ECE, near- and far-OOD AUROC / FPR95, mean ± std, and the paired
     per-seed difference against --baseline) and OUT/records.{csv,json} (every set's AUROC / FPR95)."""
-    _bench("ood", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out)
+    _bench("ood", datasets, methods, densities, seeds, settings, baseline, jobs, threads, out, config_file)
 
 
 @app.command("dgp-compare")

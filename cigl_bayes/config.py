@@ -225,15 +225,17 @@ class RunConfig:
         _require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain data, one mapping per section (``from_dict`` reads it back to an equal config)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        sections = {
-            "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "random_mask": RandomMaskConfig,
-            "averaging": AveragingConfig, "optim": OptimConfig, "bayes": BayesConfig, "moon": MoonConfig, "eval": EvalConfig,
-        }
-        return cls(**{k: sections[k](**v) if k in sections else v for k, v in values.items()})
+        """A config from a (possibly partial) nested mapping: unknown names and wrong types fail with
+        one line naming the field (:func:`cigl_bayes.config_io.config_from_dict`); missing fields
+        keep their defaults."""
+        from .config_io import config_from_dict
+
+        return config_from_dict(values)
 
     def with_(self, **changes: Any) -> "RunConfig":
         """A copy with top-level fields or ``section__field`` entries replaced (``optim__lr=0.05``)."""

@@ -25,9 +25,11 @@ At density ``d`` the bitmask format costs about ``1/32 + d`` (float32) or ``1/32
 of the dense float32 weight bytes, CSR about ``2 d`` (float32) + row pointers; bitmask is smaller
 at every density above ~3 %, CSR wins only for extremely sparse layers.
 
-``to_sparse_inference`` swaps sufficiently sparse ``nn.Linear`` layers for ``SparseLinearInference``
-(``torch.sparse.mm`` over a CSR weight). Convolutions stay dense: torch has no sparse convolution
-kernel on CPU, and unfolding to a sparse GEMM does not beat the dense (MKL-DNN) conv at these sizes.
+``to_sparse_inference`` folds BatchNorm into the preceding conv / linear layers and swaps
+sufficiently sparse ``nn.Linear`` layers for ``SparseLinearInference`` and ``nn.Conv2d`` layers for
+``SparseConv2dInference`` (both run a compiled direct sparse kernel, ``cigl_bayes.sparse_kernel``,
+with a ``torch.sparse.mm`` fallback); given an example batch it keeps, per layer, whichever of dense
+and sparse it measured faster.
 """
 
 from __future__ import annotations
@@ -51,9 +53,23 @@ from .models import MLP, build_model
 from .names import EXPORT_FORMATS as FORMATS
 from .predictive import Predictive, from_spec
 from .sparse.masks import maskable_weight_names
+from .sparse_inference import (
+    OUTPUT_FORMATS,
+    SparseConv2dInference,
+    Timer,
+    choose_output_format,
+    conv_supported,
+    default_output_format,
+    fold_batchnorm,
+    median_timer,
+    probe_layers,
+    set_output_format,
+)
+from .sparse_kernel import load_kernel
 
 __all__ = [
     "FORMATS",
+    "SparseConv2dInference",
     "SparseLinearInference",
     "dense_state_bytes",
     "export_sparse",
@@ -252,9 +268,14 @@ def model_from_run(checkpoint: dict[str, Any]) -> tuple[Predictive, dict[str, An
 
 
 class SparseLinearInference(nn.Module):
-    """Inference-only ``nn.Linear`` whose weight is a CSR (or COO) tensor: ``y = W x + b`` via ``torch.sparse.mm``."""
+    """Inference-only ``nn.Linear`` over the non-zeros of its weight: ``y = W x + b``.
 
-    def __init__(self, linear: nn.Linear, layout: str = "csr") -> None:
+    With the compiled kernel (``backend`` ``"auto"`` / ``"kernel"``, CPU float32 inputs) it runs as a
+    1x1 ``SparseConv2dInference`` over the ``N`` examples; otherwise ``torch.sparse.mm`` over the
+    CSR (or COO, ``layout``) weight.
+    """
+
+    def __init__(self, linear: nn.Linear, layout: str = "csr", backend: str = "auto") -> None:
         super().__init__()
         if layout not in ("csr", "coo"):
             raise ValueError(f"layout must be 'csr' or 'coo', got {layout!r}")
@@ -266,38 +287,88 @@ class SparseLinearInference(nn.Module):
         self.register_buffer("weight", sparse)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.density = float((weight != 0).sum()) / weight.numel()
+        self.kernel: SparseConv2dInference | None = None
+        if backend != "torch":
+            conv = nn.Conv2d(self.in_features, self.out_features, 1, bias=linear.bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(weight.view(self.out_features, self.in_features, 1, 1))
+                if linear.bias is not None:
+                    conv.bias.copy_(linear.bias.detach())
+            kernel = SparseConv2dInference(conv, backend, output_format="contiguous")
+            self.kernel = kernel if kernel.backend == "kernel" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.kernel is not None and x2.device.type == "cpu" and x2.dtype == torch.float32:
+            n = x2.shape[0]
+            return self.kernel(x2.view(n, self.in_features, 1, 1)).view(*lead, self.out_features)
         y = torch.sparse.mm(self.weight, x2.t().contiguous()).t()  # (out, in) @ (in, N) -> (N, out)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, layout={self.layout}"
+        backend = "kernel" if self.kernel is not None else "torch"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, "
+                f"layout={self.layout}, backend={backend}")
+
+
+def _density(weight: torch.Tensor) -> float:
+    return float((weight != 0).sum()) / weight.numel()
 
 
 def to_sparse_inference(model: nn.Module, max_density: float = 0.3, min_features: int = 256,
-                        layout: str = "csr") -> nn.Module:
-    """A copy of ``model`` (eval mode) with every ``nn.Linear`` of density <= ``max_density`` and
-    ``in_features * out_features >= min_features**2 / 4`` replaced by ``SparseLinearInference``.
+                        layout: str = "csr", *, convs: bool = True, fold_bn: bool = True,
+                        example_input: torch.Tensor | None = None, timer: Timer | None = None, repeats: int = 5,
+                        backend: str = "auto", conv_output_format: str = "auto") -> nn.Module:
+    """A copy of ``model`` (eval mode) whose sparse layers run sparse kernels.
 
-    Tiny layers (e.g. a 10-way head) stay dense: the sparse call overhead outweighs the saving.
-    Convolutions stay dense (torch has no sparse CPU conv kernel that beats the dense one).
+    * ``fold_bn``: every ``BatchNorm2d`` directly after a conv (``BatchNorm1d`` after a linear) is
+      folded into it (exact up to float32 rounding; ``sparse_inference.fold_batchnorm``).
+    * Candidates: ``nn.Linear`` and (``convs``) ``nn.Conv2d`` layers of density <= ``max_density``.
+    * With ``example_input`` (a batch of the size you will serve), each candidate is timed dense vs
+      sparse on the input it receives (``timer``, default the median of ``repeats`` calls) and the
+      faster is kept: the choice is measured on this machine, thread count and batch size.
+    * Without it, a fixed rule: linears with ``in * out >= min_features**2 / 4`` (smaller ones lose
+      to the sparse call overhead) and every candidate conv. ``experiments/bench_export.py`` times
+      both: with the compiled kernel the fixed rule matches the per-layer probe (same layers, same
+      latency within noise) for the digits CNN, WRN-22-2 and the MLP at batch 1 and 64.
+
+    Linears become ``SparseLinearInference``, convs ``SparseConv2dInference`` (compiled kernel, or
+    torch ops: ``backend``). ``conv_output_format`` (one of ``OUTPUT_FORMATS`` or ``"auto"``) sets
+    the memory format of their outputs (values are the same): ``"auto"`` times the whole model with
+    contiguous and with channels-last outputs on ``example_input`` and keeps the faster; without an
+    example it is ``sparse_inference.default_output_format``. Without the kernel (no C compiler) and
+    without ``example_input``, convs stay dense: the torch fallback is slower than the dense conv;
+    linears then use ``torch.sparse.mm`` over the ``layout`` weight.
     """
+    if conv_output_format != "auto" and conv_output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"conv_output_format must be 'auto' or one of {', '.join(OUTPUT_FORMATS)}, "
+                         f"got {conv_output_format!r}")
     model = copy.deepcopy(model).eval()
-
-    def swap(parent: nn.Module) -> None:
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                w = child.weight.detach()
-                dense_enough = float((w != 0).sum()) / w.numel() > max_density
-                if not dense_enough and w.numel() >= min_features * min_features // 4:
-                    setattr(parent, child_name, SparseLinearInference(child, layout))
-            else:
-                swap(child)
-
-    swap(model)
+    if fold_bn:
+        fold_batchnorm(model)
+    kernel_ok = backend == "torch" or load_kernel() is not None
+    candidates: dict[str, tuple[nn.Module, nn.Module]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and _density(module.weight.detach()) <= max_density:
+            if example_input is not None or module.weight.numel() >= min_features * min_features // 4:
+                candidates[name] = (module, SparseLinearInference(module, layout, backend))
+        elif (convs and conv_supported(module) and _density(module.weight.detach()) <= max_density
+              and (kernel_ok or example_input is not None)):
+            fmt = "input" if conv_output_format == "auto" else conv_output_format
+            candidates[name] = (module, SparseConv2dInference(module, backend, fmt))
+    timer = timer or median_timer(repeats)
+    if example_input is not None:
+        times = probe_layers(model, candidates, example_input, timer)
+        candidates = {name: pair for name, pair in candidates.items()
+                      if name in times and times[name]["sparse"] < times[name]["dense"]}
+    for name, (_, sparse) in candidates.items():
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, sparse)
+    if conv_output_format == "auto":
+        fmt = (default_output_format(model) if example_input is None
+               else choose_output_format(model, example_input, timer))
+        set_output_format(model, fmt)
     return model

@@ -81,6 +81,13 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+    weights = {id(m.weight) for m in modules if id(m) in outputs}
+    uncounted = [name for name, p in net.named_parameters() if name in maskable_weight_names(net) and id(p) not in weights]
+    if uncounted:
+        raise ValueError(
+            f"FLOPs are counted for Linear / Conv layers called as modules; {uncounted[:3]} (e.g. attention "
+            "projections, HF Conv1D) are not, so this model's FLOPs fractions cannot be given"
+        )
     macs = []
     for m in modules:
         if isinstance(m, nn.Linear):

@@ -13,6 +13,7 @@ from torch import nn
 
 from .atomic import write_text_atomic
 from .config import RunConfig
+from .config_io import write_config
 from .data import DataSplits, load_dataset
 from .drop_rate import choose_drop_rate, is_auto
 from .evaluate import evaluate_log_probs, measured_density, predict_logits
@@ -21,6 +22,7 @@ from .methods import Assembled, assemble, get_method, validate
 from .predictive import EnsemblePredictive, MCPredictive, PointPredictive, Predictive, log_predict
 from .temperature import fit_temperature
 from .train.checkpoint import save_weights
+from .train.epoch_log import attach_epoch_log
 from .train.run_dir import locked_run_dir
 
 
@@ -110,9 +112,10 @@ def msp(log_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def final_model(parts: Assembled) -> nn.Module:
-    """The network a method's point predictive uses (the averaged one for WMA methods)."""
+    """The network a method's point predictive uses (the averaged one for WMA methods, its BN
+    statistics recomputed here, once, if snapshots were folded since the last read)."""
     if parts.averaging is not None and parts.averaging.weights is not None:
-        return parts.averaging.weights.averaged
+        return parts.averaging.averaged_model()
     return parts.model
 
 
@@ -144,6 +147,7 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "checkpoint.pt" if out is not None else None
     mask_choice: dict[str, Any] | None = None
+    given = config  # as given (drop rate "auto" unresolved)
     if get_method(config.method).random_mask:
         mask_choice = {"drop_rate": config.random_mask.drop_rate, "chosen_by": "given"}
         if is_auto(config):
@@ -152,10 +156,17 @@ def _run(config: RunConfig, out_dir: str | os.PathLike | None, progress: bool, r
     diagnostics = parts.extras.get("moon_diagnostics")  # unknown-class methods: per-epoch diagnostics
     if diagnostics is not None:
         diagnostics.add_eval_sets({f"ood:{k}": v for k, v in shifted.items()})
+    epoch_log = attach_epoch_log(parts.trainer, out, diagnostics) if out is not None else None  # OUT/epochs.csv
     if resume and checkpoint is not None and checkpoint.is_file():
         _check_resumable(checkpoint, config)
         parts.trainer.resume(checkpoint)
-    history = parts.trainer.fit()
+    if out is not None:
+        write_config(given, out / "config.yaml")  # `train --config OUT/config.yaml` repeats the run
+    try:
+        history = parts.trainer.fit()
+    finally:
+        if epoch_log is not None:
+            epoch_log.close()
     predictive = build_predictive(parts, config, data)
     if checkpoint is not None:
         # Saved before evaluation: MC sampling draws from the global RNG, and a resumed run must

@@ -37,12 +37,24 @@ def _metrics(path: Path) -> dict:
     return json.loads((path / "metrics.json").read_text())
 
 
+def _has_tensorboard() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_train_writes_metrics_plot_and_checkpoint(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _invoke(runner, "train", "--method", "rigl", "--density", "0.2", *TINY, "--out", out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.safetensors", "reliability.png"]
+    tensorboard = ["tensorboard"] if _has_tensorboard() else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt", "config.yaml", "epochs.csv", "metrics.json",
+                                                            "model.safetensors", "reliability.png", *tensorboard])
     metrics = _metrics(out)
+    with (out / "epochs.csv").open(newline="") as handle:  # one row per epoch, the loss the run reports
+        assert [float(r["train_loss"]) for r in csv.DictReader(handle)] == metrics["train_loss"]
     for key in ("accuracy", "ece", "brier"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["nll"] >= 0.0
@@ -118,7 +130,19 @@ def _bad_inputs(tmp_path: Path, make_npz) -> dict[str, list[str]]:
         "compare-density-0": ["compare", "--methods", "rigl", "--densities", "0.1,0", "--seeds", "0"],
         "compare-bad-seeds": ["compare", "--methods", "rigl", "--densities", "0.1", "--seeds", "0,x"],
         "compare-empty": ["compare", "--methods", ",", "--densities", "0.1", "--seeds", "0"],
+        "set-unknown-field": ["train", "--set", "optim.lrr=0.1"],
+        "set-bad-type": ["train", "--set", "optim.epochs=many"],
+        "set-bad-density": ["train", "--set", "sparsity.density=2"],
+        "config-bad-yaml": ["train", "--config", _write(tmp_path / "bad.yaml", "optim: {lr: [0.1\n")],
+        "config-unknown-section": ["train", "--config", _write(tmp_path / "typo.json", '{"optimizer": {"lr": 0.1}}')],
+        "config-missing": ["train", "--config", tmp_path / "missing.yaml"],
+        "compare-set-axis": ["compare", "--methods", "rigl", "--densities", "0.1", "--seeds", "0", "--set", "seed=3"],
     }
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 BAD_CASES = [
@@ -138,6 +162,13 @@ BAD_CASES = [
     ("compare-density-0", "density must be in (0, 1]"),
     ("compare-bad-seeds", "could not parse --seeds '0,x' as comma-separated integers"),
     ("compare-empty", "at least one value"),
+    ("set-unknown-field", "unknown field of section 'optim' in --set 'lrr'; did you mean lr? valid: epochs, lr,"),
+    ("set-bad-type", "optim.epochs must be an integer, got 'many' (string)"),
+    ("set-bad-density", "density must be in (0, 1]"),
+    ("config-bad-yaml", "is not valid YAML at line 2"),
+    ("config-unknown-section", "unknown field or section in config file"),
+    ("config-missing", "missing.yaml not found"),
+    ("compare-set-axis", "--set seed is a grid axis of this command; give it with --seeds"),
 ]
 
 
@@ -530,6 +561,7 @@ _RUN_AND_LIST_IMPORTS = (
     ["train", "--model", "transformer"], ["train", "--dataset", "fashion-mnist"], ["train", "--out", "pyproject.toml"],
     ["compare", "--seeds", "0,x"], ["ood", "--methods", "moon", "--epochs", "2", "--moon-warmup", "5"],
     ["dgp-compare", "--dataset", "iris"], ["export", "--run", "/nonexistent"],
+    ["train", "--set", "optim.lrr=0.1"], ["train", "--config", "missing.yaml"],
 ], ids=" ".join)
 def test_help_and_input_errors_start_without_torch(args: list[str]) -> None:
     """Help and input errors that need no data or model print at once: neither torch nor numpy loads."""
@@ -610,3 +642,110 @@ def test_progress_bar_goes_to_stderr(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip().splitlines()) == 1, result.stdout
     assert "rigl" in result.stderr
+
+
+# ----------------------------------------------------------------------------- --config / --set (item 14.5)
+
+
+def test_config_yaml_of_a_run_reproduces_it(runner: CliRunner, tmp_path: Path) -> None:
+    """OUT/config.yaml is complete: `train --config OUT/config.yaml` gives the same config and metrics."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = _invoke(runner, "train", "--method", "rigl", *TINY, "--set", "optim.lr=0.03", "--set", "sparsity.density=0.2",
+                     "--set", "random_mask.auto_candidates=[0.02, 0.2]", "--out", first)
+    assert result.exit_code == 0, result.output
+    from cigl_bayes.config import RunConfig
+    from cigl_bayes.config_io import load_config_file
+
+    config = RunConfig.from_dict(load_config_file(first / "config.yaml"))
+    assert config.to_dict() == _metrics(first)["config"] | {"random_mask": config.to_dict()["random_mask"]}
+    assert (config.method, config.optim.lr, config.sparsity.density, config.optim.epochs) == ("rigl", 0.03, 0.2, 2)
+    assert config.random_mask.auto_candidates == (0.02, 0.2)
+    result = _invoke(runner, "train", "--config", first / "config.yaml", "--no-progress", "--out", second)
+    assert result.exit_code == 0, result.output
+    assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
+    a, b = _metrics(first), _metrics(second)
+    assert (a["train_loss"], a["nll"], a["accuracy"], a["config"]) == (b["train_loss"], b["nll"], b["accuracy"], b["config"])
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The configs `train` would run (runner.run replaced by a recorder)."""
+    import cigl_bayes.runner
+
+    configs: list = []
+
+    def record(config, out, **kwargs):
+        configs.append(config)
+        return {"accuracy": 0.0, "ece": 0.0, "nll": 0.0, "brier": 0.0}
+
+    monkeypatch.setattr(cigl_bayes.runner, "run", record)
+    return configs
+
+
+def test_precedence_recipe_config_options_set(runner: CliRunner, tmp_path: Path, captured: list) -> None:
+    file = _write(tmp_path / "run.yaml", "method: rigl\nseed: 4\ndata: {dataset: wine}\n"
+                                         "optim: {lr: 0.3, epochs: 7, momentum: 0.5}\nsparsity: {density: 0.2}\n")
+    out = tmp_path / "out"
+    assert _invoke(runner, "train", "--config", file, "--lr", "0.2", "--set", "optim.lr=0.1", "--out", out).exit_code == 0
+    assert _invoke(runner, "train", "--config", file, "--lr", "0.2", "--epochs", "3", "--method", "static", "--out", out).exit_code == 0
+    assert _invoke(runner, "train", "--config", file, "--out", out).exit_code == 0
+    assert _invoke(runner, "train", "--config", file, "--dataset", "digits", "--out", out).exit_code == 0
+    set_wins, options_win, file_only, dataset_given = captured
+    assert set_wins.optim.lr == 0.1 and set_wins.optim.epochs == 7
+    assert (options_win.optim.lr, options_win.optim.epochs, options_win.method) == (0.2, 3, "static")
+    assert (file_only.method, file_only.seed, file_only.optim.lr, file_only.optim.momentum) == ("rigl", 4, 0.3, 0.5)
+    assert file_only.data.dataset == "wine" and file_only.data.batch_size == 32  # wine's recipe under the file
+    assert file_only.sparsity.density == 0.2 and file_only.device == "cpu"
+    # an option typed on the command line beats the file, also where it equals the option's default
+    assert dataset_given.data.dataset == "digits" and dataset_given.data.batch_size == 64 and dataset_given.optim.lr == 0.3
+
+
+def test_compare_takes_config_and_set_but_keeps_its_grid(runner: CliRunner, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cigl_bayes.runner
+
+    configs = []
+
+    def record(config, out, **kwargs):
+        configs.append(config)
+        return {"method": config.method, "density": config.sparsity.density, "seed": config.seed, "accuracy": 0.9,
+                "ece": 0.1, "nll": 0.3, "brier": 0.1}
+
+    monkeypatch.setattr(cigl_bayes.runner, "run", record)
+    file = _write(tmp_path / "run.yaml", "method: cigl\nseed: 9\nsparsity: {density: 0.5}\noptim: {epochs: 1}\n")
+    result = _invoke(runner, "compare", "--methods", "rigl", "--densities", "0.1", "--seeds", "0,1", "--config", file,
+                     "--set", "optim.lr=0.04", "--no-progress", "--out", tmp_path / "grid")
+    assert result.exit_code == 0, result.output
+    assert [(c.method, c.sparsity.density, c.seed) for c in configs] == [("rigl", 0.1, 0), ("rigl", 0.1, 1)]
+    assert all(c.optim.epochs == 1 and c.optim.lr == 0.04 for c in configs)
+
+
+def test_help_lists_the_config_fields_and_the_precedence(runner: CliRunner) -> None:
+    from cigl_bayes.config_io import field_names
+
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "2000"})
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "--config" in text and "--set" in text and "epochs.csv" in text and "tensorboard" in text
+    assert "recipe < --config < the options given < --set" in text
+    joined = text.replace(" ", "")
+    for name in field_names():
+        section, _, attr = name.partition(".")
+        assert (f"{section}.{{" in joined and attr in joined) if attr else name in joined, name
+
+
+def test_bench_config_and_set_are_checked_and_layered(runner: CliRunner, tmp_path: Path) -> None:
+    from cigl_bayes.benchmark import parse_arms
+    from cigl_bayes.cli import _bench_base
+
+    file = _write(tmp_path / "run.yaml", "method: rigl\nseed: 5\nsparsity: {density: 0.3, update_every: 7}\n"
+                                         "optim: {lr: 0.2, epochs: 3}\ndata: {dataset: wine}\n")
+    base = _bench_base("optim.lr=0.1", file)  # the grid's axes (method, seed, density, dataset) are left to the grid
+    assert base == {"sparsity__update_every": 7, "optim__lr": 0.1, "optim__epochs": 3}
+    config = parse_arms("cigl+epochs=4")[0].config("digits", 0.05, 1, base)  # the arm's own keys win
+    assert (config.method, config.seed, config.sparsity.density, config.data.dataset) == ("cigl", 1, 0.05, "digits")
+    assert (config.optim.lr, config.optim.epochs, config.sparsity.update_every) == (0.1, 4, 7)
+    for args, expected in ((["--set", "optim.lrr=1"], "did you mean lr?"), (["--set", "optim.epochs=x"], "must be an integer"),
+                           (["--set", "sparsity.density=0.3"], "grid axis"), (["--config", tmp_path / "none.yaml"], "not found")):
+        line = _one_error_line(_invoke(runner, "bench-calibration", *args, "--out", tmp_path / "bench"))
+        assert expected in line, line
+    assert not (tmp_path / "bench").exists()

@@ -18,6 +18,7 @@ from cigl_bayes.export import (
 from cigl_bayes.models import MLP, build_model
 from cigl_bayes.sparse.masks import maskable_weight_names
 from cigl_bayes.sparse.network import SparseNet
+from cigl_bayes.sparse_kernel import load_kernel
 
 
 def _masked(model: torch.nn.Module, density: float) -> torch.nn.Module:
@@ -130,3 +131,17 @@ def test_cli_train_export_predict(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_sparse_linear_backends_match_dense(backend):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(300, 70)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand_like(linear.weight) < 0.1)
+    sparse = SparseLinearInference(linear, backend=backend)
+    assert (sparse.kernel is None) == (backend == "torch" or load_kernel() is None)
+    for shape in ((1, 300), (33, 300), (2, 5, 300)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(sparse(x), linear(x), atol=1e-5, rtol=1e-5)

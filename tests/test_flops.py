@@ -105,3 +105,9 @@ def test_flops_do_not_change_results(tiny_config):
         runner.run_flops = original
     assert with_flops["accuracy"] == without["accuracy"] and with_flops["train_loss"] == without["train_loss"]
     assert 0 < with_flops["flops"]["training_fraction_mask_skipped"] <= with_flops["flops"]["training_fraction"] <= 1
+
+
+def test_weights_not_run_as_linear_or_conv_modules_are_refused_with_a_reason() -> None:
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    with pytest.raises(ValueError, match="attention"):
+        layer_macs(layer, (3, 8))

@@ -47,14 +47,20 @@ def gal_kl(values: Tensor, keep: float | Tensor, prior_precision: float, slab_st
     :math:`\\tfrac{p c^2 l^2}{2}\\|v\\|^2` of the CigL loss. ``keep`` (and ``scale``) may be
     tensors — a learned keep probability (concrete dropout), for which :math:`-K H(p)` matters.
     """
-    n = values.numel()
+    return gal_kl_from_square_norm(values.pow(2).sum(), values.numel(), keep, prior_precision, slab_std, scale)
+
+
+def gal_kl_from_square_norm(
+    square_norm: Tensor, n: int, keep: float | Tensor, prior_precision: float, slab_std: float, scale: float | Tensor = 1.0
+) -> Tensor:
+    """``gal_kl`` given :math:`\\|v\\|^2` and the number :math:`K` = ``n`` of active weights."""
     l2 = prior_precision
     if torch.is_tensor(keep):
         entropy = -(keep * keep.log() + (1.0 - keep) * torch.log1p(-keep))
     else:
         entropy = bernoulli_entropy(keep)
     constant = 0.5 * l2 * slab_std**2 - 0.5 * math.log(l2 * slab_std**2) - 0.5 - entropy
-    return 0.5 * keep * scale**2 * l2 * values.pow(2).sum() + n * constant
+    return 0.5 * keep * scale**2 * l2 * square_norm + n * constant
 
 
 def equivalent_l2_coefficient(keep: float, prior_precision: float, num_data: int, tau: float = 1.0, scale: float = 1.0) -> float:

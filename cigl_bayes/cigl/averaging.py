@@ -4,6 +4,9 @@ WMA folds snapshots ``theta`` (masked weights ``W * Z * M`` scaled as in the for
 plus every other parameter, BN affine included) into an equal-weight running mean
 ``theta_avg <- theta_avg + (theta - theta_avg) / (n + 1)``. Since the support is frozen
 before averaging starts, the average is exactly as sparse as the support.
+
+BN running statistics of the average are recomputed lazily: once, when the averaged model is
+first read after a fold (``SnapshotAveraging.averaged_model()``), not after every snapshot.
 """
 
 from __future__ import annotations
@@ -22,17 +25,27 @@ class WeightAverager:
 
     ``averaged`` is a plain ``nn.Module`` (same architecture as ``module``) holding the mean;
     its BN running statistics must be recomputed (``recalibrate_batchnorm``) after folds.
+    An owner may set ``before_read`` (called on every read of ``averaged``): ``SnapshotAveraging``
+    uses it so that reading ``averaged`` runs its pending lazy BN recalibration first.
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.averaged = copy.deepcopy(module)
-        self.averaged.requires_grad_(False)
+        self._averaged = copy.deepcopy(module)
+        self._averaged.requires_grad_(False)
         self.count = 0
+        self.before_read: Callable[[], None] | None = None
+
+    @property
+    def averaged(self) -> nn.Module:
+        """The averaged module (after ``before_read``, if set)."""
+        if self.before_read is not None:
+            self.before_read()
+        return self._averaged
 
     @torch.no_grad()
     def fold(self, snapshot: Mapping[str, torch.Tensor]) -> None:
         """Add one snapshot (name -> tensor, as ``named_parameters`` of the module)."""
-        params = dict(self.averaged.named_parameters())
+        params = dict(self._averaged.named_parameters())
         missing = set(params) - set(snapshot)
         if missing:
             raise KeyError(f"snapshot lacks parameters {sorted(missing)[:3]}...")
@@ -45,32 +58,50 @@ class WeightAverager:
         self.count += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "averaged": self.averaged.state_dict()}
+        return {"count": self.count, "averaged": self._averaged.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.count = state["count"]
-        self.averaged.load_state_dict(state["averaged"])
+        self._averaged.load_state_dict(state["averaged"])
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BN layer that tracks running statistics."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else None
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> bool:
-    """Recompute BN running statistics as a cumulative average over ``batches``.
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.device | str | None = None) -> bool:
+    """Recompute BN running statistics as a cumulative average over ``batches``
+    (``torch.optim.swa_utils.update_bn`` semantics).
 
     Resets every BN layer, sets ``momentum=None`` (exact average over the pass), runs the
     model in train mode without gradients, and restores momenta and the training flag.
-    Returns False (and does nothing) if the model has no BN layer.
+    ``batches`` is any iterable (a ``DataLoader``, a ``DeviceLoader``, a list) of input tensors
+    or of ``(x, y, ...)`` tuples/lists, whose first element is the input; inputs are moved
+    (``non_blocking``) to ``device`` (default: the model's). Returns False (and does nothing,
+    without iterating ``batches``) if the model has no BN layer.
     """
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return False
+    device = torch.device(device) if device is not None else _model_device(model)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     was_training = model.training
     model.train()
-    for x in batches:
-        model(x)
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        model(x.to(device, non_blocking=True) if device is not None else x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -144,7 +175,12 @@ class SnapshotAveraging:
     Args:
         model: a ``SparseNet`` (snapshots are its masked parameters) or a plain module.
         start_epoch: first (0-based) epoch whose end is folded (spec: ``BS = 0.8 * epochs``).
-        bn_inputs: training inputs for the BN recalibration pass after each fold.
+        bn_inputs: training inputs (one tensor) for the BN recalibration pass, drawn as
+            :func:`training_batches` (seeded shuffle, ``bn_transform``, ``batch_size``).
+        bn_loader: alternatively, any re-iterable of batches (a ``torch.utils.data.DataLoader``,
+            a ``DeviceLoader``, a list; tensors or ``(x, y, ...)``) iterated once per
+            recalibration, as it yields them (``batch_size``, ``seed`` and ``bn_transform`` unused).
+            Give at most one of ``bn_inputs`` / ``bn_loader``; a model without BN needs neither.
         mode: ``"weights"`` (WMA, CigL) or ``"predictions"`` (the "w/o WMA" ablation: a snapshot
             ensemble).
         sample_mask: snapshot ``W * Z * M`` with a fresh random mask (the paper's WMA) rather
@@ -155,7 +191,12 @@ class SnapshotAveraging:
             so a resumed run recomputes the same statistics).
         snapshots_per_epoch: ``k > 1`` folds ``k`` snapshots evenly spaced over each averaging
             epoch (after steps ``round((i + 1) S / k) - 1`` of its ``S = steps_per_epoch`` steps,
-            the last at its end; the trainer calls ``on_step_end``), BN recomputed at the epoch's end.
+            the last at its end; the trainer calls ``on_step_end``).
+
+    BN recalibration is lazy: a fold only marks it pending; it runs once, when the average is
+    read (:meth:`averaged_model`, or ``weights.averaged``), with seed ``seed + count`` -- the
+    statistics an eager pass after the last fold would give. ``state_dict`` records whether it is
+    pending. (Under data parallelism with ``SyncBatchNorm`` in the averaged copy, read it on every rank.)
     """
 
     MODES = ("weights", "predictions")
@@ -164,7 +205,7 @@ class SnapshotAveraging:
         self,
         model: nn.Module,
         start_epoch: int,
-        bn_inputs: torch.Tensor,
+        bn_inputs: torch.Tensor | None = None,
         batch_size: int = 256,
         mode: str = "weights",
         sample_mask: bool = True,
@@ -172,7 +213,11 @@ class SnapshotAveraging:
         seed: int = 0,
         snapshots_per_epoch: int = 1,
         steps_per_epoch: int = 1,
+        *,
+        bn_loader: Iterable[Any] | None = None,
     ) -> None:
+        if bn_inputs is not None and bn_loader is not None:
+            raise ValueError("give either bn_inputs (a tensor) or bn_loader (an iterable of batches) for BN recalibration, not both")
         if mode not in self.MODES:
             raise ValueError(f"unknown averaging mode {mode!r}; choose one of {self.MODES}")
         if not 1 <= snapshots_per_epoch <= max(1, steps_per_epoch):
@@ -183,6 +228,7 @@ class SnapshotAveraging:
         self.module = getattr(model, "module", model) if hasattr(model, "masked_parameters") else model
         self.start_epoch = start_epoch
         self.bn_inputs = bn_inputs
+        self.bn_loader = bn_loader
         self.batch_size = batch_size
         self.mode = mode
         self.sample_mask = sample_mask
@@ -190,6 +236,9 @@ class SnapshotAveraging:
         self.seed = seed
         self.weights = WeightAverager(self.module) if mode == "weights" else None
         self.ensemble = SnapshotEnsemble(self.module) if mode == "predictions" else None
+        self.bn_pending = False  # folded since the last BN recalibration
+        if self.weights is not None:
+            self.weights.before_read = self._recalibrate_if_pending
 
     @torch.no_grad()
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -203,6 +252,7 @@ class SnapshotAveraging:
         """Fold the current snapshot into the weight average (or the ensemble)."""
         if self.weights is not None:
             self.weights.fold(self.snapshot())
+            self.bn_pending = True
         else:
             self.ensemble.add(self.snapshot())
 
@@ -216,9 +266,29 @@ class SnapshotAveraging:
             return
         if not self.fold_steps:
             self.fold()
-        if self.weights is not None:
-            batches = training_batches(self.bn_inputs, self.batch_size, self.seed + self.weights.count, self.bn_transform)
-            recalibrate_batchnorm(self.weights.averaged, batches)
+
+    def averaged_model(self) -> nn.Module:
+        """The plain averaged module, its BN statistics recomputed first if it changed since the
+        last recalibration (the lazy pass; see the class doc). Only for ``mode="weights"``."""
+        if self.weights is None:
+            raise ValueError("averaged_model() needs mode='weights'; a snapshot ensemble's networks are ensemble.members")
+        return self.weights.averaged
+
+    def _bn_batches(self) -> Iterable[Any]:
+        if self.bn_loader is not None:
+            return self.bn_loader
+        if self.bn_inputs is None:
+            raise ValueError("the averaged model has BatchNorm layers but SnapshotAveraging got no data to recalibrate "
+                             "them; pass bn_loader= (e.g. the training DataLoader) or bn_inputs= (the training inputs)")
+        return training_batches(self.bn_inputs, self.batch_size, self.seed + self.weights.count, self.bn_transform)
+
+    def _recalibrate_if_pending(self) -> None:
+        if not self.bn_pending:
+            return
+        model = self.weights._averaged
+        if has_batchnorm(model):
+            recalibrate_batchnorm(model, self._bn_batches())
+        self.bn_pending = False
 
     @property
     def count(self) -> int:
@@ -226,9 +296,11 @@ class SnapshotAveraging:
         return (self.weights or self.ensemble).count
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.state_dict() if self.weights else None, "ensemble": self.ensemble.state_dict() if self.ensemble else None}
+        return {"weights": self.weights.state_dict() if self.weights else None, "ensemble": self.ensemble.state_dict() if self.ensemble else None,
+                "bn_pending": self.bn_pending}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.bn_pending = bool(state.get("bn_pending", False))  # older states were recalibrated at every fold
         if self.weights is not None:
             self.weights.load_state_dict(state["weights"])
         if self.ensemble is not None:

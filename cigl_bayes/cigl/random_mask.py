@@ -44,9 +44,14 @@ class RandomMask:
         return self._generator
 
     def sample(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """``n`` i.i.d. values ``Z * scale``, ``Z ~ Bernoulli(keep)``."""
-        uniform = torch.rand(n, device=device, generator=self.generator(device))
-        return (uniform < self.keep).to(dtype) * self.scale
+        """``n`` i.i.d. values ``Z * scale``, ``Z ~ Bernoulli(keep)``: ``Z = 1[U < keep]``, ``U ~ U[0, 1)``.
+
+        In place on the uniform draw (no temporaries); values and stream are those of
+        ``(U < keep).to(dtype) * scale``."""
+        values = torch.rand(n, device=device, generator=self.generator(device)).lt_(self.keep)
+        if values.dtype != dtype:
+            values = values.to(dtype)
+        return values.mul_(self.scale) if self.scale != 1.0 else values
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"drop_rate": self.drop_rate, "rescale": self.rescale, "seed": self.seed}

@@ -3,43 +3,50 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from .._plotting import as_axes, finish, new_figure
 from ..metrics.calibration import calibration_bins
 from ..metrics.regression import CALIBRATION_LEVELS, mixture_cdf, mixture_moments
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from .compare import DGPComparison, Predictive
 
 COLOURS = {"cigl-mc": "tab:blue", "cigl-wma": "tab:green", "dgp": "tab:red"}
 
 
-def plot_comparison(comparison: "DGPComparison", path: str | os.PathLike) -> Path:
+def plot_comparison(comparison: "DGPComparison", path: str | os.PathLike | None = None, *,
+                    axes: "Sequence[Axes] | None" = None) -> "Path | Figure":
     """Two panels, seed 0. Left: the 1-D toy's predictive mean ± 2 sd over the input range with
     the training data (``gap-toy``), else per-point uncertainty of the network's MC predictive
     against the DGP's (log scale, Spearman in the title). Right: calibration curves (accuracy vs
-    confidence, or observed vs nominal quantile level)."""
-    fig = Figure(figsize=(11.0, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    confidence, or observed vs nominal quantile level).
+
+    ``axes``: two of the caller's ``Axes`` (left, right) to draw into, instead of a new figure
+    with its title. Writes ``path`` (PNG) when given. Returns ``axes``' figure when ``axes`` is
+    given, else the path when ``path`` is given, else the new figure."""
+    if axes is None:
+        fig = new_figure(figsize=(11.0, 4.2), dpi=100)
+        left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    else:
+        left, right = as_axes(axes, 2)
+        fig = left.figure
     if "grid" in comparison.predictives["dgp"]:
         _plot_curves(left, comparison)
     else:
         _plot_uncertainty_scatter(left, comparison)
     _plot_calibration(right, comparison)
-    fig.suptitle(f"{comparison.dataset}: sparse network (MC over random masks) vs deep GP")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", bbox_inches="tight")
-    return out
+    if axes is None:
+        fig.suptitle(f"{comparison.dataset}: sparse network (MC over random masks) vs deep GP")
+    return finish(fig, path, axes is not None, format="png", bbox_inches="tight")
 
 
 def _data_units(comparison: "DGPComparison", values: torch.Tensor, variance: bool = False) -> np.ndarray:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -205,24 +204,34 @@ def _copy(history: dict[str, Any]) -> dict[str, Any]:
     return {k: ({n: list(c) for n, c in v.items()} if isinstance(v, dict) else list(v)) for k, v in history.items()}
 
 
-def plot_moon_diagnostics(history: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_moon_diagnostics(history: Mapping[str, Any], path: str | os.PathLike | None = None, title: str | None = None,
+                          *, axes: Any = None) -> Any:
     """One figure, four panels over epochs: training error (K+1), fraction pushing the unknown
-    logit up, mean unknown probability on train / test / each OOD set, and alpha. Writes a PNG."""
-    from matplotlib.figure import Figure  # imported only when plotting
+    logit up, mean unknown probability on train / test / each OOD set, and alpha. Writes a PNG to
+    ``path`` when given.
 
-    from .plots import save_figure
+    ``axes``: four of the caller's matplotlib ``Axes`` to draw into instead of a new figure
+    (``title`` then titles their figure). Returns ``axes``' figure when ``axes`` is given, else
+    the path when ``path`` is given, else the new figure."""
+    from .._plotting import as_axes, finish, new_figure  # matplotlib loads only when plotting
 
+    if axes is None:
+        fig = new_figure(figsize=(13.0, 3.2), layout="constrained")
+        panels_ax = list(fig.subplots(1, 4))
+    else:
+        panels_ax = as_axes(axes, 4)
+        fig = panels_ax[0].figure
     epochs = list(history["epoch"])
-    fig = Figure(figsize=(13.0, 3.2), layout="constrained")
-    axes = fig.subplots(1, 4)
     panels = [("training error (argmax over K+1)", {"train": history["train_error"]}),
               ("fraction pushing unknown logit up", {"train": history["pushes_unknown_up"]}),
               ("mean unknown probability q", dict(history["mean_q"])),
               ("alpha", {"alpha": history["alpha"]})]
-    for ax, (label, series) in zip(axes, panels):
+    for ax, (label, series) in zip(panels_ax, panels):
         for name, values in series.items():
             ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".", label=name)
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("epoch")
-    axes[2].legend(fontsize="x-small")
-    return save_figure(fig, path, title)
+    panels_ax[2].legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return finish(fig, path, axes is not None, dpi=110)

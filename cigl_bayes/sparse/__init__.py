@@ -8,7 +8,8 @@ from .._lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "density": ("DISTRIBUTIONS", "check_density", "erk_densities", "exact_counts", "layer_counts", "uniform_densities"),
-    "masks": ("SupportMask", "maskable_weight_names"),
+    "convert": ("to_sparse_module",),
+    "masks": ("SupportMask", "maskable_weight_names", "parameter_aliases"),
     "network": ("SparseNet",),
     "schedule": ("DropSchedule",),
     "updates": ("UPDATE_RULES", "TopologyUpdater"),

@@ -7,7 +7,12 @@ uniform random number (SET). Counts per layer are preserved. Weights and optimiz
 (momentum, Adam moments) are zeroed everywhere except on positions active both before and
 after the update: new connections start at 0 with zero momentum, dropped ones are cleared.
 Layers kept dense (density 1) are skipped. The selections use ``topk(sorted=False)``
-(linear-time selection) and no host syncs; per-layer Python work happens only here.
+(linear-time selection); per-layer Python work happens only here. Off CPU there are no host
+syncs. On CPU, where ``topk`` costs ~10 ns per element, the growth selection over a large layer
+first narrows the candidates to the scores above a threshold read off a fixed subsample
+(``top_k_indices``), which returns the same top-k set; weights and optimizer state are then
+zeroed only at the positions that changed (dropped or grown), which equals zeroing everything
+off the surviving support because inactive weights and their optimizer state are already 0.
 """
 
 from __future__ import annotations
@@ -22,6 +27,31 @@ from .network import SparseNet
 from .schedule import DropSchedule
 
 UPDATE_RULES = ("static", "set", "rigl")
+_SAMPLE = 4096  # subsample size of the CPU threshold pre-selection
+
+
+def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` largest entries of the 1-D ``scores`` (unordered; ``-inf`` never wins
+    over a finite score). Same set as ``torch.topk(scores, k).indices`` up to ties at the boundary.
+
+    On CPU, for large inputs and ``k << n``: take the value ``t`` of rank ``ks`` in a fixed
+    subsample of ``m`` entries, ``ks = m k / n + 4 sqrt(m k / n) + 2`` (so ``#{scores >= t} >= k``
+    almost always), select the top ``k`` among ``{scores >= t}`` only, and fall back to the full
+    ``topk`` when fewer than ``k`` entries pass. Exact: if ``#{scores >= t} >= k`` the k-th largest
+    score is ``>= t``, so every top-k entry is a candidate. Elsewhere plain ``topk`` (no host sync).
+    """
+    n = scores.numel()
+    if scores.device.type != "cpu" or n < 4 * _SAMPLE or 8 * k > n:
+        return torch.topk(scores, k, sorted=False).indices
+    stride = n // _SAMPLE
+    sample = scores[stride // 2 :: stride]
+    expected = sample.numel() * k / n
+    rank = min(sample.numel(), int(expected + 4.0 * math.sqrt(expected)) + 2)
+    threshold = torch.topk(sample, rank, sorted=False).values.min()
+    candidates = torch.nonzero(scores >= threshold).flatten()
+    if candidates.numel() < k:
+        return torch.topk(scores, k, sorted=False).indices
+    return candidates[torch.topk(scores.index_select(0, candidates), k, sorted=False).indices]
 
 
 class TopologyUpdater:
@@ -94,25 +124,33 @@ class TopologyUpdater:
         grads = self.net.dense_gradients() if self.rule == "rigl" else None
         if grads is not None and self.reduce_grads is not None:
             self.reduce_grads(grads)
+        on_cpu = support.flat.device.type == "cpu"
         for layer, (weight, mask) in enumerate(zip(self.net.weights(), support.layers())):
             active_count, numel = support.counts[layer], support.numels[layer]
             k = min(math.ceil(fraction * active_count), active_count)
             if k == 0 or active_count == numel:
                 continue
-            flat_w = weight.view(-1)
-            active = support.layer_active_indices(layer)
-            kept = active[torch.topk(flat_w[active].abs(), active_count - k, sorted=False).indices]
+            flat_w, flat_mask = weight.view(-1), mask.view(-1)
+            # on CPU a host sync is free and nonzero is ~2x faster than nonzero_static
+            active = torch.nonzero(flat_mask).flatten() if on_cpu else support.layer_active_indices(layer)
+            kept = active[torch.topk(flat_w.index_select(0, active).abs(), active_count - k, sorted=False).indices]
             scores = self._scores(layer, weight, grads)
             scores.index_fill_(0, kept, -math.inf)
-            grown = torch.topk(scores, k, sorted=False).indices
-            before = mask.clone()
+            grown = top_k_indices(scores, k)
+            # only positions in (active - kept) or grown can change state; zero those not active
+            # both before and after (a just-dropped weight that is regrown keeps its value)
+            changed = torch.cat([active, grown])  # a regrown position appears twice: same value written
+            was_active = flat_mask.index_select(0, changed)
             support.set_layer(layer, torch.cat([kept, grown]))
-            survivors = (before & mask).to(weight.dtype)
-            weight.mul_(survivors)
+            survives = (was_active & flat_mask.index_select(0, changed)).to(weight.dtype)
+            flat_w.index_copy_(0, changed, flat_w.index_select(0, changed) * survives)
             if self.optimizer is not None:
                 for value in self.optimizer.state.get(weight, {}).values():
                     if torch.is_tensor(value) and value.shape == weight.shape:
-                        value.mul_(survivors)
+                        flat_v = value.view(-1) if value.is_contiguous() else value.flatten()
+                        flat_v.index_copy_(0, changed, flat_v.index_select(0, changed) * survives)
+                        if not value.is_contiguous():
+                            value.copy_(flat_v.view_as(value))
         self.net.topology_changed()
         self.updates_done += 1
 

@@ -1,4 +1,4 @@
-"""Optimiser with weight decay on conv/linear weights only, and the learning-rate schedules."""
+"""Optimiser with weight decay on the maskable weights only, and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import torch
 from torch import nn
 
 from ..names import LR_SCHEDULES
-from ..sparse.masks import MASKABLE_TYPES
+from ..sparse.masks import maskable_weight_names
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: conv/linear weights (with ``weight_decay``), everything else (none)."""
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, MASKABLE_TYPES)}
+    """Two groups: the weights ``SparseNet`` would mask (conv / linear / attention / HF ``Conv1D``;
+    ``weight_decay``) and everything else (biases, norms, embedding tables: none)."""
+    try:
+        names = set(maskable_weight_names(model))
+    except ValueError:  # nothing maskable: no decayed group
+        names = set()
+    decayed = {id(p) for name, p in model.named_parameters() if name in names}
     with_decay, without = [], []
     for p in model.parameters():
         if p.requires_grad:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,11 @@ class Trainer:
         optimizer: its optimiser; ``lr_scheduler`` is stepped once per optimisation step.
         loss_fn: ``loss_fn(model(x), y)`` is minimised, unless ``objective(x, y)`` is given
             (e.g. ``-ELBO / N`` of a Pyro model and guide over ``model``).
-        loader: yields ``(x, y)`` batches on the model's device; must have ``state_dict``.
+        loader: any re-iterable of ``(x, y)`` batches (a ``DeviceLoader``, a
+            ``torch.utils.data.DataLoader``, a list); batches not on the model's device are moved
+            there (``non_blocking``). ``len(loader)``, if defined, sizes the progress bar. Resume is
+            exact only for a loader with ``state_dict`` / ``load_state_dict`` (``DeviceLoader``);
+            any other loader restarts its data order on resume (a warning says so).
         gate: optional ``StepGate`` (topology updater) called after each backward.
         hooks: ``EpochHook`` s run at the end of every epoch (averaging, ...); a hook that also
             has ``on_step_end(epoch, step)`` is called after every optimisation step.
@@ -100,6 +105,7 @@ class Trainer:
         self.model = model
         self.optimizer = optimizer
         self.loader = loader
+        self._loader_warned = False
         self.epochs = epochs
         self.loss_fn = loss_fn
         self.objective = objective
@@ -141,19 +147,24 @@ class Trainer:
     def fit(self, until_epoch: int | None = None) -> History:
         """Train from the current epoch up to ``until_epoch`` (default: all epochs)."""
         stop = self.epochs if until_epoch is None else min(until_epoch, self.epochs)
-        steps_per_epoch = len(self.loader)
+        steps_per_epoch = _length(self.loader)
+        device = _device_of(self.model)
         with _progress_bar(self.progress) as bar:
-            task = bar.add_task(self.description, total=self.epochs * steps_per_epoch, completed=self.epoch * steps_per_epoch, info="")
+            total_steps = self.epochs * steps_per_epoch if steps_per_epoch is not None else None
+            done = self.epoch * steps_per_epoch if steps_per_epoch is not None else 0
+            task = bar.add_task(self.description, total=total_steps, completed=done, info="")
             step_hooks = [hook for hook in self.hooks if hasattr(hook, "on_step_end")]
             while self.epoch < stop:
-                total = None
-                for step, (x, y) in enumerate(self.loader):
+                total, steps = None, 0
+                for step, batch in enumerate(self.loader):
+                    x, y = _xy_on(batch, device)
                     loss = self.train_step(x, y)
+                    steps += 1
                     total = loss if total is None else total + loss
                     for hook in step_hooks:
                         hook.on_step_end(self.epoch, step)
                     bar.advance(task)
-                mean_loss = float(total) / steps_per_epoch if total is not None else float("nan")
+                mean_loss = float(total) / steps if total is not None else float("nan")
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the learning rate "
@@ -181,7 +192,7 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "gate": self.gate.state_dict() if self.gate is not None else None,
             "hooks": [hook.state_dict() for hook in self.hooks],
-            "loader": self.loader.state_dict(),
+            "loader": self.loader.state_dict() if _has_state(self.loader) else None,
             "random_mask": random_mask.state_dict() if random_mask is not None else None,
             "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
             "torch_rng": torch.get_rng_state(),
@@ -200,7 +211,13 @@ class Trainer:
             self.gate.load_state_dict(state["gate"])
         for hook, hook_state in zip(self.hooks, state["hooks"]):
             hook.load_state_dict(hook_state)
-        self.loader.load_state_dict(state["loader"])
+        if _has_state(self.loader) and state.get("loader") is not None:
+            self.loader.load_state_dict(state["loader"])
+        elif not self._loader_warned:
+            self._loader_warned = True
+            warnings.warn(f"{type(self.loader).__name__} has no saved state (state_dict/load_state_dict): the resumed run "
+                          "restarts the loader's data order, so it is not bit-identical to an uninterrupted run; "
+                          "use cigl_bayes.data.DeviceLoader for an exact resume", stacklevel=2)
         random_mask = getattr(self.model, "random_mask", None)
         if random_mask is not None and state["random_mask"] is not None:
             random_mask.load_state_dict(state["random_mask"])
@@ -217,6 +234,35 @@ class Trainer:
     def resume(self, path: str | os.PathLike) -> None:
         """Restore a state written by ``save``; training continues where it stopped."""
         self.load_state_dict(load_checkpoint(path, map_location=next(self.model.parameters()).device))
+
+
+def _length(loader: Any) -> int | None:
+    """``len(loader)`` if it has one (an iterable-style ``DataLoader`` may raise ``TypeError``)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _has_state(loader: Any) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else None
+
+
+def _xy_on(batch: Any, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a loader's batch, moved to ``device`` if not there (no copy if they are)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"the training loader must yield (x, y) pairs; got {type(batch).__name__}"
+                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                        + " -- wrap the dataset so that each item is (input, target)")
+    x, y = batch
+    if device is None:
+        return x, y
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def _progress_bar(enabled: bool) -> Progress:

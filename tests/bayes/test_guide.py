@@ -1,6 +1,7 @@
 """The hierarchical guide records the mask Z it samples, so "mask momentum by Z" masks each SVI
 update with that step's Z (not a stale one, e.g. left on the net by a WMA snapshot)."""
 
+import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -52,11 +53,15 @@ def test_cigl_svi_mask_momentum_after_a_snapshot_uses_the_step_mask(digits_data,
     parts = assemble(config, digits_data, None, progress=False)
     parts.trainer.fit(until_epoch=1)
     assert parts.averaging.count == 1
-    parts.trainer.objective.guide = guide = poutine.trace(parts.trainer.objective.guide)
-    net = parts.model
+    objective, net = parts.trainer.objective, parts.model
+    assert objective.estimator == "direct"  # it draws the guide's Z with the guide's RNG calls: replay them
+    x, y = next(iter(parts.trainer.loader))
+    pyro.set_rng_seed(11)
+    z = poutine.trace(objective.guide).get_trace(x, y).nodes["mask"]["value"]
+    net.masked_parameters(sample=True)  # a WMA snapshot's own Z, left on the net again
     before = [w.detach().clone() for w in net.weights()]
-    parts.trainer.train_step(*next(iter(parts.trainer.loader)))
-    z = guide.trace.nodes["mask"]["value"]
+    pyro.set_rng_seed(11)
+    parts.trainer.train_step(x, y)
     assert 0 < z.mean() < 1
     torch.testing.assert_close(net.last_sampled_mask, momentum_mask_of(net, z, net.random_mask.scale), rtol=0, atol=0)
     for weight, old, live in zip(net.weights(), before, net.support.layer_views(momentum_mask_of(net, z, 1.0).bool())):

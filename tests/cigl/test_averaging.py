@@ -353,3 +353,139 @@ def test_several_snapshots_per_epoch_evenly_spaced():
         torch.testing.assert_close(param, torch.stack([t[name] for t in taken]).mean(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="snapshots per epoch"):
         SnapshotAveraging(net, start_epoch=1, bn_inputs=bn_x, snapshots_per_epoch=7, steps_per_epoch=steps)
+
+
+# --------------------------------------------------------------------------- lazy BN recalibration, any loader
+def _counting(monkeypatch) -> list[int]:
+    """Count calls of the recalibration pass SnapshotAveraging runs."""
+    import cigl_bayes.cigl.averaging as averaging_module
+
+    calls, original = [], averaging_module.recalibrate_batchnorm
+
+    def counted(model, batches, device=None):
+        calls.append(1)
+        return original(model, batches, device)
+
+    monkeypatch.setattr(averaging_module, "recalibrate_batchnorm", counted)
+    return calls
+
+
+@pytest.mark.parametrize("as_tuples", [True, False])
+def test_recalibrate_matches_torch_update_bn(as_tuples):
+    """Same running statistics as torch.optim.swa_utils.update_bn (cumulative average, momentum
+    None), momenta and the training flag restored; batches may be tensors or (x, y) tuples."""
+    from torch.optim.swa_utils import update_bn
+
+    ours, theirs = conv_bn(), conv_bn()
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(n, 3, 6, 6, generator=g) * 2 + 1 for n in (7, 16, 3, 16)]
+    batches = [(x, torch.zeros(x.shape[0])) for x in xs] if as_tuples else xs
+    ours.eval()
+    theirs.eval()
+    assert recalibrate_batchnorm(ours, batches)
+    update_bn(batches, theirs)
+    for (name, a), b in zip(ours.named_buffers(), theirs.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert not ours.training and ours[1].momentum == 0.1 and ours[5].momentum == 0.3
+    assert ours[1].num_batches_tracked == len(xs)
+
+
+def _averaging_run(net, opt, averagings, epochs=5, steps=4, read_each_epoch=()):
+    """Train ``net`` and drive every SnapshotAveraging in ``averagings`` from the same run."""
+    data = _data(5, n=steps)
+    for epoch in range(epochs):
+        for step, (x, y) in enumerate(data):
+            _train_epoch(net, opt, [(x, y)])
+            for sa in averagings:
+                sa.on_step_end(epoch, step)
+        for sa in averagings:
+            sa.on_epoch_end(epoch)
+        for sa in read_each_epoch:
+            sa.averaged_model()  # today's eager behaviour: BN recomputed after every epoch's folds
+
+
+@pytest.mark.parametrize("source", ["bn_inputs", "bn_loader"])
+def test_lazy_recalibration_runs_once_and_equals_eager(source, monkeypatch):
+    """Over a whole averaging run (3 epochs x 2 snapshots) BN is recomputed once, when the average
+    is first read, and the result equals recalibrating after every fold (the old eager path)."""
+    net, opt, bn_x = _setup(RandomMask(drop_rate=0.2, seed=3))
+    kwargs = {"bn_inputs": bn_x, "batch_size": 8} if source == "bn_inputs" else {"bn_loader": [(b, None) for b in bn_x.split(8)]}
+    lazy, eager = (SnapshotAveraging(net, 2, sample_mask=False, snapshots_per_epoch=2, steps_per_epoch=4, seed=5, **kwargs)
+                   for _ in range(2))
+    calls = _counting(monkeypatch)
+    _averaging_run(net, opt, [lazy, eager], read_each_epoch=[eager])
+    assert len(calls) == 3  # the eager reference: after each of the 3 averaging epochs
+    assert lazy.count == eager.count == 6 and lazy.bn_pending
+    model = lazy.averaged_model()
+    assert len(calls) == 4 and not lazy.bn_pending
+    assert lazy.averaged_model() is model is lazy.weights.averaged and len(calls) == 4  # no second pass
+    for (name, a), b in zip(model.state_dict().items(), eager.averaged_model().state_dict().values()):
+        assert torch.equal(a, b), name
+    assert model[1].num_batches_tracked == 4  # the recomputed statistics, not the training ones
+
+
+def test_reading_weights_averaged_goes_through_the_lazy_path(monkeypatch):
+    net, opt, bn_x = _setup()
+    sa = SnapshotAveraging(net, 0, bn_inputs=bn_x)
+    calls = _counting(monkeypatch)
+    _averaging_run(net, opt, [sa], epochs=2)
+    assert calls == []
+    stats = sa.weights.averaged[1].running_mean.clone()  # existing callers' attribute
+    assert len(calls) == 1
+    expected = copy.deepcopy(sa.weights._averaged)
+    from cigl_bayes.cigl import training_batches
+
+    recalibrate_batchnorm(expected, training_batches(bn_x, sa.batch_size, sa.seed + sa.count))
+    assert torch.equal(stats, expected[1].running_mean)
+
+
+def test_state_records_pending_recalibration_and_resumes_identically(monkeypatch):
+    net, opt, bn_x = _setup()
+    sa = SnapshotAveraging(net, 1, bn_inputs=bn_x, batch_size=16)
+    _averaging_run(net, opt, [sa], epochs=3)
+    pending = copy.deepcopy(sa.state_dict())
+    assert pending["bn_pending"] is True
+    restored = SnapshotAveraging(net, 1, bn_inputs=bn_x, batch_size=16)
+    restored.load_state_dict(pending)
+    for a, b in zip(restored.averaged_model().state_dict().values(), sa.averaged_model().state_dict().values()):
+        assert torch.equal(a, b)
+    done = copy.deepcopy(sa.state_dict())
+    assert done["bn_pending"] is False
+    calls = _counting(monkeypatch)
+    again = SnapshotAveraging(net, 1, bn_inputs=bn_x, batch_size=16)
+    again.load_state_dict(done)
+    for a, b in zip(again.averaged_model().state_dict().values(), sa.averaged_model().state_dict().values()):
+        assert torch.equal(a, b)
+    assert calls == []  # the checkpoint already held the recomputed statistics
+    old_format = {k: v for k, v in done.items() if k != "bn_pending"}  # checkpoints written before lazy BN
+    again.load_state_dict(old_format)
+    assert not again.bn_pending
+
+
+def test_bn_data_arguments_are_checked():
+    net, _, bn_x = _setup()
+    with pytest.raises(ValueError, match="not both"):
+        SnapshotAveraging(net, 0, bn_inputs=bn_x, bn_loader=[bn_x])
+    sa = SnapshotAveraging(net, 0)
+    sa.on_epoch_end(0)
+    with pytest.raises(ValueError, match="bn_loader="):
+        sa.averaged_model()
+    plain = SnapshotAveraging(nn.Sequential(nn.Linear(6, 3)), 0)  # no BN: no data needed
+    plain.on_epoch_end(0)
+    assert isinstance(plain.averaged_model(), nn.Sequential)
+    ensemble = SnapshotAveraging(net, 0, bn_inputs=bn_x, mode="predictions")
+    with pytest.raises(ValueError, match="mode='weights'"):
+        ensemble.averaged_model()
+
+
+def test_bn_loader_accepts_a_dataloader():
+    """A torch DataLoader of (x, y) pairs gives the same statistics as the same batches as tensors."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net, opt, bn_x = _setup()
+    loader = DataLoader(TensorDataset(bn_x, torch.zeros(32)), batch_size=8, shuffle=False)
+    from_loader = SnapshotAveraging(net, 0, bn_loader=loader)
+    from_list = SnapshotAveraging(net, 0, bn_loader=list(bn_x.split(8)))
+    _averaging_run(net, opt, [from_loader, from_list], epochs=1)
+    for a, b in zip(from_loader.averaged_model().buffers(), from_list.averaged_model().buffers()):
+        assert torch.equal(a, b)

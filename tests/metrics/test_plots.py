@@ -69,3 +69,79 @@ def test_legend_shows_the_reported_ece_and_its_bin_count(tmp_path: Path, monkeyp
     legend = [t.get_text() for t in saved[0].axes[0].get_legend().get_texts()]
     ece = calibration_report(probs, labels)["ece"]
     assert f"ECE (10 bins) = {100 * ece:.2f}%" in legend, legend
+
+
+# ----------------------------------------------------------------------------------------
+# drawing into the caller's axes
+# ----------------------------------------------------------------------------------------
+def _user_grid(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n)
+    return plt, fig, list(axes) if n > 1 else [axes]
+
+
+def _probs_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.softmax(torch.randn(300, 4, generator=g) * 2, dim=1), torch.randint(0, 4, (300,), generator=g)
+
+
+def test_draws_into_one_given_ax_and_returns_its_figure(tmp_path: Path) -> None:
+    probs, labels = _probs_labels()
+    plt, fig, (ax, spare) = _user_grid(2)
+    try:
+        before = plt.get_fignums()
+        out = plot_reliability_diagram(probs, labels, ax=ax, title="mine")
+        assert out is fig and plt.get_fignums() == before
+        assert len(ax.patches) > 0 and len(ax.lines) == 2 and ax.get_title() == "mine"
+        assert ax.get_xlabel() == "confidence" and ax.get_legend() is not None
+        assert not spare.patches and not spare.lines and len(fig.axes) == 2  # nothing else drawn or added
+        # with a path as well: the user's figure is written, and still returned
+        assert plot_reliability_diagram(probs, labels, tmp_path / "f.png", ax=spare) is fig
+        assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+    finally:
+        plt.close(fig)
+
+
+def test_draws_into_a_given_pair_with_the_confidence_histogram() -> None:
+    probs, labels = _probs_labels()
+    plt, fig, axes = _user_grid(3)
+    try:
+        before = plt.get_fignums()
+        assert plot_reliability_diagram(probs, labels, ax=axes[1:]) is fig
+        assert plt.get_fignums() == before
+        heights = sum(p.get_height() for p in axes[2].patches)  # histogram bars count every example
+        assert heights == pytest.approx(300)
+        assert len(axes[1].patches) > 0 and not axes[0].patches and not axes[0].lines
+    finally:
+        plt.close(fig)
+
+
+def test_without_ax_or_path_returns_a_new_figure_outside_pyplot() -> None:
+    from matplotlib.figure import Figure
+
+    probs, labels = _probs_labels()
+    plt, user, _ = _user_grid(1)
+    try:
+        before = plt.get_fignums()
+        fig = plot_reliability_diagram(probs, labels)
+        assert isinstance(fig, Figure) and fig is not user and len(fig.axes) == 2
+        assert plt.get_fignums() == before
+    finally:
+        plt.close(user)
+
+
+def test_wrong_axes_raise_with_the_fix() -> None:
+    probs, labels = _probs_labels()
+    plt, fig, axes = _user_grid(3)
+    try:
+        with pytest.raises(ValueError, match="one matplotlib Axes or a sequence of 2"):
+            plot_reliability_diagram(probs, labels, ax=axes)
+        with pytest.raises(ValueError, match="matplotlib Axes"):
+            plot_reliability_diagram(probs, labels, ax="not an axes")
+        assert all(not a.patches for a in axes)
+    finally:
+        plt.close(fig)

@@ -175,3 +175,16 @@ def test_hold_lr_applies_to_averaging_methods_only(digits_data) -> None:
             assert tail == pytest.approx([0.1 * base.optim.lr] * len(tail))
         else:
             assert tail[-1] < 1e-3 * base.optim.lr
+
+
+def test_attention_projections_are_decayed_like_the_weights_sparsenet_masks() -> None:
+    from cigl_bayes.sparse import SparseNet
+    from cigl_bayes.train.optim import parameter_groups
+
+    layer = torch.nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    decayed, plain = parameter_groups(layer, 5e-4)
+    decayed_ids = {id(p) for p in decayed["params"]}
+    assert id(layer.self_attn.in_proj_weight) in decayed_ids and id(layer.linear1.weight) in decayed_ids
+    assert id(layer.norm1.weight) not in decayed_ids and id(layer.self_attn.in_proj_bias) not in decayed_ids
+    net = SparseNet(layer, density=0.5)
+    assert {id(p) for p in parameter_groups(net, 5e-4)[0]["params"]} == {id(w) for w in net.weights()}
