@@ -303,7 +303,8 @@ def bench_case(case: str, device: torch.device, density: float, args) -> dict:
     steps = {v: (ours_step(*built[v], x, y), None) for v in ours}
     steps.update({v: (official_step(o, x, y), None) for v, o in officials.items()})
     step_ratios = [(v, "dense", True) for v in steps if v != "dense"] + [
-        ("cigl-10%", "rigl", True), ("official-cigl-10%", "official-rigl", True)]
+        ("cigl-10%", "rigl", True), ("official-cigl-10%", "official-rigl", True)] + (
+        [("cigl-svi", "cigl-10%", True)] if "cigl-svi" in steps else [])  # the Bayesian path vs plain CigL
     step_ms, step_per_round = interleaved(steps, clock, args.steps, args.rounds, args.max_rounds, step_ratios, args.tol)
 
     # the random mask's per-step work, isolated (ours: one flat draw; official: per-layer dict loops)
