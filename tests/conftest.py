@@ -6,6 +6,10 @@ an epoch (8 steps) in a few hundredths of a second.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,3 +86,53 @@ def npz_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_npz() -> Callable[..., Path]:
     return write_npz
+
+
+# ----------------------------------------------------------------------------- README snippets
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_section(heading: str) -> str:
+    """The README text under ``heading`` (e.g. ``"## Design"``, ``"### In Lightning"``), up to the next
+    heading of the same or a higher level; lines inside fenced code blocks are never headings."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = (REPO / "README.md").read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
+    assert starts, f"README has no {heading!r} heading"
+    body, in_fence = [], False
+    for line in lines[starts[0] + 1:]:
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and re.match(rf"#{{1,{level}}} ", line):
+            break
+        body.append(line)
+    return "".join(body)
+
+
+def readme_python_blocks(heading: str) -> list[str]:
+    """The ```` ```python ```` blocks of ``readme_section(heading)``, in order."""
+    return re.findall(r"```python\n(.*?)```", readme_section(heading), flags=re.S)
+
+
+def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (this checkout importable, one OpenMP thread), as a user would."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def readme() -> Callable[[str], str]:
+    """``readme(heading)``: that README section (see ``readme_section``)."""
+    return readme_section
+
+
+@pytest.fixture(scope="session")
+def readme_blocks() -> Callable[[str], list[str]]:
+    """``readme_blocks(heading)``: the python blocks of that README section."""
+    return readme_python_blocks
+
+
+@pytest.fixture(scope="session")
+def python_run() -> Callable[..., subprocess.CompletedProcess]:
+    """``python_run(code, cwd, timeout=300)``: run a snippet as written in a fresh interpreter."""
+    return run_python

@@ -138,12 +138,10 @@ def test_precedence_recipe_then_file_then_options_then_set() -> None:
     assert layered_config(file, sets={"model": {"name": "cnn"}}).model.name == "cnn"
 
 
-def test_readme_config_example_parses_as_documented(tmp_path: Path) -> None:
+def test_readme_config_example_parses_as_documented(tmp_path: Path, readme) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("\n## Command line"):]
-    section = section[:section.index("\n## ", 1)]
+    section = readme("## Command line")
     (block,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     (tmp_path / "run.yaml").write_text("\n".join(line.strip() for line in block.splitlines()))  # indented under a list item
     command = re.search(r"`python3 -m cigl_bayes train --config run.yaml --set (\S+) --out \S+`", section)

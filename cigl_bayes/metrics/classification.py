@@ -71,11 +71,17 @@ def accuracy(probs: Tensor, labels: Tensor) -> float:
     return float((pred == labels).to(torch.float64).mean())
 
 
+def check_eps(eps: float) -> float:
+    """The NLL clamp ``eps`` as a float > 0, else a ValueError naming the fix."""
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}; use a small positive clamp such as 1e-12.")
+    return float(eps)
+
+
 def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float = 1e-12) -> float:
     r"""Mean negative log-likelihood :math:`-\frac1N \sum_i \log \max(p_{i y_i}, \varepsilon)`."""
     probs, labels = check_probs_labels(probs, labels)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}; use a small positive clamp such as 1e-12.")
+    check_eps(eps)
     p_y = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
     return float(-torch.log(p_y.clamp_min(eps)).mean())
 

@@ -77,12 +77,17 @@ def auroc(score_id: Tensor, score_ood: Tensor) -> float:
     return _auroc(*_curve(score_id, score_ood, ("score_id", "score_ood")))
 
 
-def fpr_at_tpr(score_id: Tensor, score_ood: Tensor, tpr: float = 0.95) -> float:
-    """Fraction of OOD accepted at the largest threshold that accepts >= ``tpr`` of ID (FPR95)."""
+def check_tpr(tpr: float) -> float:
+    """``tpr`` as a float in (0, 1], else a ValueError naming the fix."""
     t = float(tpr)
     if not 0.0 < t <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
-    return _fpr_at(*_curve(score_id, score_ood, ("score_id", "score_ood")), t)
+        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}; pass e.g. tpr=0.95.")
+    return t
+
+
+def fpr_at_tpr(score_id: Tensor, score_ood: Tensor, tpr: float = 0.95) -> float:
+    """Fraction of OOD accepted at the largest threshold that accepts >= ``tpr`` of ID (FPR95)."""
+    return _fpr_at(*_curve(score_id, score_ood, ("score_id", "score_ood")), check_tpr(tpr))
 
 
 def aupr_in(score_id: Tensor, score_ood: Tensor) -> float:

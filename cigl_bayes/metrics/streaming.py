@@ -44,7 +44,7 @@ from .calibration import (
     _uniform_edges,
     _uniform_index,
 )
-from .classification import _check_labels, _check_scores, check_probs_labels
+from .classification import _check_labels, _check_scores, check_eps, check_probs_labels
 
 __all__ = [
     "BrierScore",
@@ -240,10 +240,8 @@ class NegativeLogLikelihood(_MeanOverExamples):
 
     def __init__(self, log_probs: bool = False, eps: float = 1e-12, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(validate_args=validate_args, **kwargs)
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}; use a small positive clamp such as 1e-12.")
         self.log_probs = bool(log_probs)
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
 
     def update(self, preds: Tensor, labels: Tensor) -> None:
         """Add a batch: ``preds`` ``(N, K)`` probabilities (or log-probabilities), ``labels`` ``(N,)``."""
@@ -280,6 +278,8 @@ class _OODMetric(Metric):
 
     is_differentiable = False
     full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
 
     def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -323,8 +323,6 @@ class OODAUROC(_OODMetric):
     """Streaming AUROC, ID positive (= :func:`~cigl_bayes.metrics.auroc`)."""
 
     higher_is_better = True
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
 
     def compute(self) -> Tensor:
         return self._value(ood.auroc)
@@ -334,14 +332,10 @@ class OODFPRAtTPR(_OODMetric):
     """Streaming FPR at TPR >= ``tpr`` (FPR95 by default; = :func:`~cigl_bayes.metrics.fpr_at_tpr`)."""
 
     higher_is_better = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
 
     def __init__(self, tpr: float = 0.95, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(validate_args=validate_args, **kwargs)
-        if not 0.0 < float(tpr) <= 1.0:
-            raise ValueError(f"tpr must be in (0, 1], got {tpr!r}; pass e.g. tpr=0.95.")
-        self.tpr = float(tpr)
+        self.tpr = ood.check_tpr(tpr)
 
     def compute(self) -> Tensor:
         return self._value(lambda s_id, s_ood: ood.fpr_at_tpr(s_id, s_ood, self.tpr))
@@ -351,8 +345,6 @@ class OODAUPRIn(_OODMetric):
     """Streaming average precision, ID positive (= :func:`~cigl_bayes.metrics.aupr_in`)."""
 
     higher_is_better = True
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
 
     def compute(self) -> Tensor:
         return self._value(ood.aupr_in)
@@ -362,8 +354,6 @@ class OODAUPROut(_OODMetric):
     """Streaming average precision, OOD positive with score ``-S`` (= :func:`~cigl_bayes.metrics.aupr_out`)."""
 
     higher_is_better = True
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
 
     def compute(self) -> Tensor:
         return self._value(ood.aupr_out)

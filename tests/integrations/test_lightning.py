@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,7 +20,6 @@ from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater  # noqa: 
 from cigl_bayes.train import Trainer  # noqa: E402
 
 EPOCHS, BATCH, UPDATE_EVERY, AVERAGE_FROM = 6, 32, 4, 4
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _data() -> TensorDataset:
@@ -145,17 +141,10 @@ def test_callback_finds_the_net_or_explains() -> None:
         SparseTrainingCallback().find_net(plain)
 
 
-def _readme_block(heading: str) -> str:
-    text = README.read_text()
-    section = text.split(heading + "\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
 @pytest.mark.slow  # ~50 s on a loaded 2-core CPU: 10 epochs of the README's CNN on digits
-def test_readme_lightning_snippet_runs(tmp_path: Path) -> None:
-    code = _readme_block("### In Lightning")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_readme_lightning_snippet_runs(tmp_path: Path, readme_blocks, python_run) -> None:
+    code = readme_blocks("### In Lightning")[0]
+    result = python_run(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.findall(r"tensor\(([0-9.]+)\)", result.stdout)[-1])
     assert accuracy > 0.8, result.stdout

@@ -4,8 +4,6 @@ uneven batches, ``reset``, ``merge_state`` and a simulated two-rank DDP sync."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ from torchmetrics.utilities import dim_zero_cat  # noqa: E402
 from cigl_bayes import metrics as F  # noqa: E402
 from cigl_bayes.metrics import streaming as S  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 SPLITS = (1, 37, 200, 3, 259)  # uneven batch sizes, N = 500
 
 
@@ -234,16 +231,13 @@ def test_nll_from_log_probs_is_not_clamped() -> None:
     assert float(clamped.compute()) == pytest.approx(-torch.log(torch.tensor(1e-12, dtype=torch.float64)).item())
 
 
-def test_metrics_import_lazily_and_the_readme_snippet_runs_as_written() -> None:
+def test_metrics_import_lazily_and_the_readme_snippet_runs_as_written(tmp_path: Path, readme_blocks, python_run) -> None:
     """One interpreter: ``import cigl_bayes.metrics`` leaves torchmetrics unloaded, then the README's
     streaming snippet runs as written."""
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("\n## Streaming metrics (torchmetrics)")
-    section = readme[start: readme.find("\n## ", start + 1)]
-    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (snippet,) = readme_blocks("## Streaming metrics (torchmetrics)")
     code = ("import sys, cigl_bayes, cigl_bayes.metrics\n"
             "assert 'torchmetrics' not in sys.modules, 'cigl_bayes.metrics imported torchmetrics eagerly'\n" + snippet)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = python_run(code, tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"ECE 0\.\d+ +NLL \d+\.\d+ +AUROC 0\.\d+", proc.stdout), proc.stdout
 

@@ -5,10 +5,7 @@ Also runs the README's ``### A Hugging Face model`` snippet as written."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,6 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 VOCAB = 64
 
 
@@ -93,18 +89,9 @@ def test_gpt2_trains_sparse_with_cigl_and_exports_plain():
         assert torch.all(params[name][~m] == 0)
 
 
-def readme_block(heading: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    section = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#{{1,3}} )", readme, flags=re.S | re.M)
-    assert section, f"README has no '### {heading}' section"
-    (block,) = re.findall(r"```python\n(.*?)```", section.group(1), flags=re.S)
-    return block
-
-
-def test_readme_huggingface_snippet_runs_as_written(tmp_path: Path):
-    snippet = readme_block("A Hugging Face model")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+def test_readme_huggingface_snippet_runs_as_written(tmp_path: Path, readme_blocks, python_run):
+    (snippet,) = readme_blocks("### A Hugging Face model")
+    proc = python_run(snippet, tmp_path)
     assert proc.returncode == 0, proc.stderr
     loss = float(re.search(r"loss ([0-9.]+)", proc.stdout).group(1))
     assert loss < 2.0, proc.stdout  # from ln(64) = 4.16 at the start
