@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..data.loader import module_device
+
 
 class WeightAverager:
     """Equal-weight running mean of parameter snapshots, kept in a copy of ``module``.
@@ -70,13 +72,6 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else None
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torch.device | str | None = None) -> bool:
     """Recompute BN running statistics as a cumulative average over ``batches``
@@ -92,7 +87,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return False
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else module_device(model)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

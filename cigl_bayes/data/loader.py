@@ -8,9 +8,18 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceLoader"]
+__all__ = ["DeviceLoader", "module_device"]
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def module_device(module: torch.nn.Module) -> torch.device | None:
+    """The device of ``module``'s first parameter (else buffer), where batches for it belong;
+    None for a module with neither."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else None
 
 
 class DeviceLoader:

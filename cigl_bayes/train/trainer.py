@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from ..data.loader import module_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NonFiniteLossError
 
@@ -148,7 +149,7 @@ class Trainer:
         """Train from the current epoch up to ``until_epoch`` (default: all epochs)."""
         stop = self.epochs if until_epoch is None else min(until_epoch, self.epochs)
         steps_per_epoch = _length(self.loader)
-        device = _device_of(self.model)
+        device = module_device(self.model)
         with _progress_bar(self.progress) as bar:
             total_steps = self.epochs * steps_per_epoch if steps_per_epoch is not None else None
             done = self.epoch * steps_per_epoch if steps_per_epoch is not None else 0
@@ -246,11 +247,6 @@ def _length(loader: Any) -> int | None:
 
 def _has_state(loader: Any) -> bool:
     return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    tensor = next(iter(model.parameters()), None)
-    return tensor.device if tensor is not None else None
 
 
 def _xy_on(batch: Any, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
