@@ -64,6 +64,7 @@ from .sparse_inference import (
     median_timer,
     probe_layers,
     set_output_format,
+    weight_density,
 )
 from .sparse_kernel import load_kernel
 
@@ -286,7 +287,7 @@ class SparseLinearInference(nn.Module):
             sparse = weight.to_sparse_csr() if layout == "csr" else weight.to_sparse().coalesce()
         self.register_buffer("weight", sparse)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.density = float((weight != 0).sum()) / weight.numel()
+        self.density = weight_density(weight)
         self.kernel: SparseConv2dInference | None = None
         if backend != "torch":
             conv = nn.Conv2d(self.in_features, self.out_features, 1, bias=linear.bias is not None)
@@ -312,10 +313,6 @@ class SparseLinearInference(nn.Module):
         backend = "kernel" if self.kernel is not None else "torch"
         return (f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, "
                 f"layout={self.layout}, backend={backend}")
-
-
-def _density(weight: torch.Tensor) -> float:
-    return float((weight != 0).sum()) / weight.numel()
 
 
 def to_sparse_inference(model: nn.Module, max_density: float = 0.3, min_features: int = 256,
@@ -352,10 +349,10 @@ def to_sparse_inference(model: nn.Module, max_density: float = 0.3, min_features
     kernel_ok = backend == "torch" or load_kernel() is not None
     candidates: dict[str, tuple[nn.Module, nn.Module]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and _density(module.weight.detach()) <= max_density:
+        if isinstance(module, nn.Linear) and weight_density(module.weight.detach()) <= max_density:
             if example_input is not None or module.weight.numel() >= min_features * min_features // 4:
                 candidates[name] = (module, SparseLinearInference(module, layout, backend))
-        elif (convs and conv_supported(module) and _density(module.weight.detach()) <= max_density
+        elif (convs and conv_supported(module) and weight_density(module.weight.detach()) <= max_density
               and (kernel_ok or example_input is not None)):
             fmt = "input" if conv_output_format == "auto" else conv_output_format
             candidates[name] = (module, SparseConv2dInference(module, backend, fmt))

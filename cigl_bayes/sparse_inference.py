@@ -49,6 +49,7 @@ __all__ = [
     "median_timer",
     "probe_layers",
     "set_output_format",
+    "weight_density",
 ]
 
 #: Memory format of a ``SparseConv2dInference`` output: that of the input (as ``nn.Conv2d``), or always one.
@@ -56,6 +57,11 @@ OUTPUT_FORMATS = ("input", "channels_last", "contiguous")
 
 #: ``timer(layer, x) -> seconds per call`` of ``layer(x)``; injectable for tests.
 Timer = Callable[[nn.Module, torch.Tensor], float]
+
+
+def weight_density(weight: torch.Tensor) -> float:
+    """Fraction of non-zero entries of ``weight``."""
+    return float((weight != 0).sum()) / weight.numel()
 
 
 def conv_supported(conv: nn.Module) -> bool:
@@ -93,7 +99,7 @@ class SparseConv2dInference(nn.Module):
         self.kernel_size = tuple(conv.kernel_size)
         self.stride, self.padding = tuple(conv.stride), tuple(conv.padding)
         self.dilation, self.groups = tuple(conv.dilation), conv.groups
-        self.density = float((weight != 0).sum()) / weight.numel()
+        self.density = weight_density(weight)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
         # the weight as CSR over (out, in/groups * kh * kw): row pointers, columns, values (row-major
         # order); the kernel also needs each non-zero's (out, in/groups, ky, kx) coordinates
