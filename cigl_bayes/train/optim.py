@@ -9,16 +9,22 @@ from torch import nn
 
 from ..names import LR_SCHEDULES
 from ..sparse.masks import maskable_weight_names
+from ..sparse.network import SparseNet
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: the weights ``SparseNet`` would mask (conv / linear / attention / HF ``Conv1D``;
-    ``weight_decay``) and everything else (biases, norms, embedding tables: none)."""
+    """Two groups: the maskable weights (``weight_decay``) and everything else (biases, norms,
+    embedding tables: none). Inside a ``SparseNet`` the maskable weights are the ones it masks
+    (its ``include`` / ``exclude`` choice); elsewhere the default rule (``maskable_weight_names``:
+    conv / linear / attention / HF ``Conv1D`` weights)."""
     try:
         names = set(maskable_weight_names(model))
-    except ValueError:  # nothing maskable: no decayed group
+    except ValueError:  # nothing maskable by the default rule
         names = set()
     decayed = {id(p) for name, p in model.named_parameters() if name in names}
+    for net in (m for m in model.modules() if isinstance(m, SparseNet)):
+        decayed -= {id(p) for p in net.parameters()}
+        decayed |= {id(w) for w in net.weights()}
     with_decay, without = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -27,7 +33,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_sgd(model: nn.Module, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4) -> torch.optim.SGD:
-    """SGD (Nesterov by default) with decay on conv/linear weights only."""
+    """SGD (Nesterov by default) with decay on the maskable weights only (``parameter_groups``)."""
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"learning rate must be a positive number, got {lr}")
     return torch.optim.SGD(parameter_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)

@@ -188,3 +188,13 @@ def test_attention_projections_are_decayed_like_the_weights_sparsenet_masks() ->
     assert id(layer.norm1.weight) not in decayed_ids and id(layer.self_attn.in_proj_bias) not in decayed_ids
     net = SparseNet(layer, density=0.5)
     assert {id(p) for p in parameter_groups(net, 5e-4)[0]["params"]} == {id(w) for w in net.weights()}
+
+
+def test_decay_follows_a_sparsenets_include_and_exclude_choice() -> None:
+    from cigl_bayes.sparse import SparseNet
+    from cigl_bayes.train.optim import parameter_groups
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 4))
+    net = SparseNet(model, density=0.5, include="0.weight", exclude="2.*")
+    decayed = {id(p) for p in parameter_groups(net, 5e-4)[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[1].weight)}
