@@ -81,8 +81,10 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    weights = {id(m.weight) for m in modules if id(m) in outputs}
-    uncounted = [name for name, p in net.named_parameters() if name in maskable_weight_names(net) and id(p) not in weights]
+    counted = {id(m.weight) for m in modules if id(m) in outputs}
+    params = dict(net.named_parameters())
+    names = model.weight_names if hasattr(model, "support") else maskable_weight_names(net)
+    uncounted = [name for name in names if id(params[name]) not in counted]
     if uncounted:
         raise ValueError(
             f"FLOPs are counted for Linear / Conv layers called as modules; {uncounted[:3]} (e.g. attention "
