@@ -10,7 +10,10 @@ Everything compared is measured in this one run, on the same model, batch and th
   Bernoulli mask over the active entries) vs the official's (per-layer ``apply_w_raw`` +
   ``apply_dropout`` over per-layer dicts);
 * one RigL topology update: ours (``TopologyUpdater.update``) vs the official's
-  (``truncate_weights``: full sorts, per-layer ``.item()`` counts, mask/momentum/gradient rewrites).
+  (``truncate_weights``: full sorts, per-layer ``.item()`` counts, mask/momentum/gradient rewrites);
+* with ``--floor``: ``floor-passes`` and ``floor-passes+draw`` (``FloorStep``), a dense step plus
+  only the masking work no exact CigL implementation can skip, i.e. a lower bound on CigL / dense
+  for this model on this machine.
 
 ``OfficialRestatement`` below is a minimal re-statement, written for this benchmark, of what the
 official code (github StevenBoys/CigL, ``sparselearning/core.py``, ``funcs/prune.py``,
@@ -28,6 +31,7 @@ numbers.
 
     python3 experiments/bench_step.py --cases cnn                         # digits CNN, CPU, 2 threads
     python3 experiments/bench_step.py --cases wrn-22-2 --threads 1        # the spec's WRN case
+    python3 experiments/bench_step.py --cases cnn --floor --steps 10      # with the lower-bound arms
     python3 experiments/bench_step.py --device cuda --cases resnet50      # GPU case
 """
 
@@ -198,6 +202,47 @@ def make_official(case: str, dpnum: int | None, device: torch.device, density: f
     return OfficialRestatement(plain, reference.weight_names, reference.support.layers(), optimizer, dpnum)
 
 
+class FloorStep:
+    """A lower bound on any exact CigL step: a dense step plus only the work that no implementation
+    of ``W_eff = W * M * Z * s`` with a fresh ``Z`` per step and a stock optimiser can skip:
+
+    * one out-of-place pass ``W * E`` over the maskable weights (the rescaled ``s Z W`` must be
+      materialised for the conv / linear kernels; kept alive until the step ends, as in a real step);
+    * one pass ``grad * E`` over their gradients (``M`` and ``Z`` must reach the gradient before the
+      optimiser reads it);
+    * with ``draw``: the Bernoulli draw over the active entries (``nnz`` uniforms from its own generator).
+
+    It trains nothing meaningful (``E`` is the constant support, the forward uses the dense weights);
+    it only prices the unavoidable memory work of masking on this machine, for this model."""
+
+    def __init__(self, case: str, device: torch.device, density: float, x, y, draw: bool, seed: int = 0) -> None:
+        name, shape, classes, _ = CASES[case]
+        torch.manual_seed(seed)
+        self.model = build_model(name, shape, classes).to(device)
+        self.optimizer = build_sgd(self.model, 0.05, weight_decay=5e-4)
+        reference = SparseNet(copy.deepcopy(self.model), density, "erk", seed=seed)
+        params = dict(self.model.named_parameters())
+        self.weights = [params[n] for n in reference.weight_names]
+        self.masks = [m.to(self.weights[0].dtype) for m in reference.support.layers()]
+        self.nnz = reference.support.nnz if draw else 0
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.x, self.y = x, y
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            effective = torch._foreach_mul(self.weights, self.masks)
+            if self.nnz:
+                torch.rand(self.nnz, device=self.x.device, generator=self.generator)
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for w, g in zip(self.weights, torch._foreach_mul([w.grad for w in self.weights], self.masks)):
+                w.grad = g
+        self.optimizer.step()
+        del effective
+
+
 def ours_step(model, optimizer, gate, objective, x, y) -> Callable[[], None]:
     def step():
         loss = objective(x, y) if objective is not None else F.cross_entropy(model(x), y)
@@ -302,6 +347,9 @@ def bench_case(case: str, device: torch.device, density: float, args) -> dict:
                  "official-cigl-10%": make_official(case, 10, device, density)}
     steps = {v: (ours_step(*built[v], x, y), None) for v in ours}
     steps.update({v: (official_step(o, x, y), None) for v, o in officials.items()})
+    if args.floor:
+        steps["floor-passes"] = (FloorStep(case, device, density, x, y, draw=False), None)
+        steps["floor-passes+draw"] = (FloorStep(case, device, density, x, y, draw=True), None)
     step_ratios = [(v, "dense", True) for v in steps if v != "dense"] + [
         ("cigl-10%", "rigl", True), ("official-cigl-10%", "official-rigl", True)] + (
         [("cigl-svi", "cigl-10%", True)] if "cigl-svi" in steps else [])  # the Bayesian path vs plain CigL
@@ -425,6 +473,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (the spec's WRN case: 1)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None, help="default: cpu for one CPU thread, else wall")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the data-pipeline timing")
+    parser.add_argument("--floor", action="store_true",
+                        help="add the lower-bound arms floor-passes(+draw): a dense step plus only the masking work "
+                             "no exact CigL implementation can skip (see FloorStep)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_step.json"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)

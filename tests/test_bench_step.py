@@ -66,3 +66,31 @@ def test_official_restatement_update_keeps_layer_counts_and_masks_weights():
         for n, w in official.weights.items():
             assert torch.all(w[official.mask[n] == 0] == 0)
         official.optimizer.zero_grad()
+
+
+def test_floor_arms_price_only_the_unavoidable_masking_work(tmp_path, monkeypatch):
+    """``--floor`` adds the lower-bound arms; a floor step masks the gradients by the support (the
+    pass it prices) and draws from its own generator only when asked."""
+    bench = _load()
+    monkeypatch.setattr(bench, "pyro_available", lambda: False)
+    out = tmp_path / "b.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--cases", "cnn", "--threads", "1", "--steps", "1", "--rounds", "2", "--max-rounds", "2",
+                    "--mask-calls", "2", "--no-pipeline", "--floor", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    (r,) = json.loads(out.read_text())["steps"]
+    assert {"floor-passes", "floor-passes+draw"} <= set(r["ms_per_step"])
+    assert {"floor-passes/dense", "floor-passes+draw/dense"} <= set(r["step_ratios"])
+
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    step = bench.FloorStep("cnn", torch.device("cpu"), 0.1, x, y, draw=True)
+    state = torch.random.get_rng_state()
+    step()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the draw uses the arm's own generator
+    reference = bench.SparseNet(bench.build_model("cnn", (1, 8, 8), 10), 0.1, "erk", seed=0)
+    params = dict(step.model.named_parameters())
+    for name, mask in zip(reference.weight_names, reference.support.layers()):
+        grad = params[name].grad
+        assert grad is not None and torch.all(grad[~mask] == 0) and grad[mask].abs().sum() > 0
