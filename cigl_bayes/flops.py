@@ -2,9 +2,10 @@ r"""FLOPs accounting as in the RigL paper's tables (Evci et al., 2020, Appendix 
 
 Conventions (all of them, in one place):
 
-* Only conv and linear layers (the maskable ones, ``sparse.masks.MASKABLE_TYPES``) are counted;
-  biases, batch norm, activations, pooling, the random-mask sampling and other element-wise
-  work are ignored, as in the RigL paper.
+* Only conv and linear layers (``sparse.masks.MASKABLE_TYPES``) are counted; biases, batch
+  norm, activations, pooling, the random-mask sampling and other element-wise work are ignored,
+  as in the RigL paper. A conv / linear layer a ``SparseNet`` leaves unmasked (``exclude=``) is
+  counted dense in every forward (``unmasked_macs``).
 * One multiply-accumulate (MAC) is 2 FLOPs. A layer's dense cost per example is
 
   .. math::
@@ -55,13 +56,15 @@ def _plain(model: nn.Module) -> nn.Module:
     return model.unwrap() if hasattr(model, "unwrap") else model
 
 
-def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
-    """Dense MACs per example of each conv/linear layer, in ``maskable_weight_names`` order.
+def _masked_names(model: nn.Module) -> list[str]:
+    """The model's maskable weights: a ``SparseNet``'s own list (its ``include`` / ``exclude``
+    choice), else the default rule (``maskable_weight_names``)."""
+    return list(model.weight_names) if hasattr(model, "support") else maskable_weight_names(_plain(model))
 
-    Output sizes are measured with forward hooks on one all-zeros example of ``input_shape``
-    (no batch dimension) in eval mode under ``no_grad``; no random numbers are drawn and the
-    module's train/eval flags are restored.
-    """
+
+def _macs_by_weight(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[str, nn.Parameter], dict[int, int]]:
+    """(parameters of the plain net by name, dense MACs per example keyed by ``id(weight)``) of every
+    Linear / Conv module the forward calls (a weight used by several modules sums their MACs)."""
     net = model.module if hasattr(model, "support") else _plain(model)
     modules = [m for _, m in net.named_modules() if isinstance(m, MASKABLE_TYPES)]
     outputs: dict[int, int] = {}
@@ -81,22 +84,44 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    counted = {id(m.weight) for m in modules if id(m) in outputs}
-    params = dict(net.named_parameters())
-    names = model.weight_names if hasattr(model, "support") else maskable_weight_names(net)
-    uncounted = [name for name in names if id(params[name]) not in counted]
+    macs: dict[int, int] = {}
+    for m in modules:
+        if id(m) not in outputs:
+            continue
+        if isinstance(m, nn.Linear):
+            count = outputs[id(m)] * m.in_features
+        else:  # conv: each output element sums C_in/groups * prod(kernel) products
+            count = outputs[id(m)] * (m.weight.shape[1] * m.weight[0, 0].numel())
+        macs[id(m.weight)] = macs.get(id(m.weight), 0) + count
+    return dict(net.named_parameters()), macs
+
+
+def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
+    """Dense MACs per example of each maskable weight, in the model's weight order (a ``SparseNet``'s
+    ``weight_names``, i.e. its support order, else ``maskable_weight_names``).
+
+    Output sizes are measured with forward hooks on one all-zeros example of ``input_shape``
+    (no batch dimension) in eval mode under ``no_grad``; no random numbers are drawn and the
+    module's train/eval flags are restored. Linear / Conv layers left unmasked are in
+    ``unmasked_macs``.
+    """
+    params, macs = _macs_by_weight(model, input_shape)
+    names = _masked_names(model)
+    uncounted = [name for name in names if id(params[name]) not in macs]
     if uncounted:
         raise ValueError(
             f"FLOPs are counted for Linear / Conv layers called as modules; {uncounted[:3]} (e.g. attention "
             "projections, HF Conv1D) are not, so this model's FLOPs fractions cannot be given"
         )
-    macs = []
-    for m in modules:
-        if isinstance(m, nn.Linear):
-            macs.append(outputs[id(m)] * m.in_features)
-        else:  # conv: each output element sums C_in/groups * prod(kernel) products
-            macs.append(outputs[id(m)] * (m.weight.shape[1] * m.weight[0, 0].numel()))
-    return macs
+    return [macs[id(params[name])] for name in names]
+
+
+def unmasked_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Dense MACs per example of the Linear / Conv layers whose weight is not masked (e.g. left out
+    by a ``SparseNet``'s ``exclude``): they run dense in every forward, sparse training or not."""
+    params, macs = _macs_by_weight(model, input_shape)
+    masked = {id(params[name]) for name in _masked_names(model)}
+    return sum(count for key, count in macs.items() if key not in masked)
 
 
 def forward_flops(macs: Sequence[int], densities: Sequence[float] | None = None) -> float:
@@ -126,11 +151,9 @@ def training_flops(f_sparse: float, f_dense: float, total_steps: int, dense_grad
     return 3.0 * f_sparse * total_steps + dense_grad_steps * (f_dense - f_sparse)
 
 
-def _nonzero_densities(model: nn.Module) -> list[float]:
-    net = _plain(model)
-    params = dict(net.named_parameters())
-    weights = [params[n] for n in maskable_weight_names(net)]
-    return [int(torch.count_nonzero(w)) / w.numel() for w in weights]
+def _nonzero_densities(model: nn.Module, names: Sequence[str]) -> list[float]:
+    params = dict(_plain(model).named_parameters())
+    return [int(torch.count_nonzero(params[n])) / params[n].numel() for n in names]
 
 
 def run_flops(parts: Any, networks: Sequence[nn.Module], input_shape: Sequence[int]) -> dict[str, Any]:
@@ -140,8 +163,10 @@ def run_flops(parts: Any, networks: Sequence[nn.Module], input_shape: Sequence[i
     networks (``Predictive.networks()``).
     """
     macs = layer_macs(parts.model, input_shape)
-    f_dense = forward_flops(macs)
-    f_infer = sum(forward_flops(macs, _nonzero_densities(n)) for n in networks)
+    dense_rest = 2.0 * unmasked_macs(parts.model, input_shape)  # unmasked conv / linear layers: dense always
+    names = _masked_names(parts.model)
+    f_dense = forward_flops(macs) + dense_rest
+    f_infer = sum(forward_flops(macs, _nonzero_densities(n, names)) + dense_rest for n in networks)
     record: dict[str, Any] = {"inference_fraction": f_infer / f_dense, "dense_inference_flops": f_dense,
                               "inference_flops": f_infer, "networks": len(networks), "convention": "2 FLOPs/MAC, conv+linear only, backward = 2x forward"}
     support = getattr(parts.model, "support", None)
@@ -150,7 +175,7 @@ def run_flops(parts: Any, networks: Sequence[nn.Module], input_shape: Sequence[i
         record.update(training_fraction=1.0, dense_training_flops_per_step=3.0 * f_dense)
         return record
     densities = [c / n for c, n in zip(support.counts, support.numels)]
-    f_sparse = forward_flops(macs, densities)
+    f_sparse = forward_flops(macs, densities) + dense_rest
     steps = gate.step
     sched = gate.schedule
     dense_grads = update_steps(steps, sched.end_step, sched.update_every) if gate.rule == "rigl" else 0
@@ -162,6 +187,6 @@ def run_flops(parts: Any, networks: Sequence[nn.Module], input_shape: Sequence[i
     mask = getattr(parts.model, "random_mask", None)
     if mask is not None and steps:
         keep = 1.0 - float(mask.drop_rate)
-        f_masked = forward_flops(macs, [d * keep for d in densities])
+        f_masked = forward_flops(macs, [d * keep for d in densities]) + dense_rest
         record["training_fraction_mask_skipped"] = (3.0 * f_masked * steps + dense_grads * (f_dense - f_masked)) / dense_total
     return record

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from cigl_bayes.flops import forward_flops, layer_macs, rigl_paper_step_flops, training_flops, update_steps
+from cigl_bayes.flops import (forward_flops, layer_macs, rigl_paper_step_flops, run_flops, training_flops, unmasked_macs,
+                              update_steps)
 from cigl_bayes.runner import run
 from cigl_bayes.sparse import SparseNet
 
@@ -49,6 +50,24 @@ def test_layer_macs_of_sparse_net_in_support_order():
     net = SparseNet(Tiny(), density=0.5, distribution="uniform", seed=0)
     assert layer_macs(net, (1, 5, 5)) == [162, 72, 12]
     assert len(net.support.counts) == 3
+
+
+def test_layers_a_sparse_net_leaves_unmasked_are_counted_dense():
+    """exclude= drops fc2 from the support: its MACs (12) run dense in every forward, sparse or not."""
+    from types import SimpleNamespace
+
+    net = SparseNet(Tiny(), density=0.5, distribution="uniform", seed=0, exclude="fc2.weight")
+    assert net.weight_names == ["conv.weight", "fc1.weight"]
+    assert layer_macs(net, (1, 5, 5)) == [162, 72] and unmasked_macs(net, (1, 5, 5)) == 12
+    assert unmasked_macs(Tiny(), (1, 5, 5)) == 0
+    d = [c / n for c, n in zip(net.support.counts, net.support.numels)]
+    gate = SimpleNamespace(step=10, rule="static", schedule=SimpleNamespace(end_step=5, update_every=100))
+    flops = run_flops(SimpleNamespace(model=net, trainer=SimpleNamespace(gate=gate)), [net], (1, 5, 5))
+    f_dense, f_sparse = 2 * (162 + 72 + 12), 2 * (d[0] * 162 + d[1] * 72 + 12)
+    assert flops["dense_inference_flops"] == pytest.approx(f_dense)
+    assert flops["sparse_forward_flops"] == pytest.approx(f_sparse)
+    assert flops["training_fraction"] == pytest.approx(f_sparse / f_dense)
+    assert flops["inference_fraction"] == pytest.approx(f_sparse / f_dense)  # actual non-zeros = the support
 
 
 def test_rigl_training_formula_hand_example():
