@@ -69,33 +69,54 @@ class RandomMask:
         return f"RandomMask(drop_rate={self.drop_rate}, rescale={self.rescale})"
 
 
-def mask_update_by_z(net: Any, optimizer: torch.optim.Optimizer) -> Callable[[Callable[[], Any]], None]:
-    """Step wrapper for the "mask momentum by Z" option: the whole update is masked by ``Z``.
+class ZMaskedUpdate:
+    """The "mask momentum by Z" option around an optimiser step: entries whose random mask was 0 in
+    the last forward keep their weight and optimiser state (momentum) unchanged through the step,
+    i.e. ``W <- W - lr * Z * update``. Call :meth:`save` just before ``optimizer.step()`` and
+    :meth:`restore` just after (``mask_update_by_z`` does both around a step; the Lightning callback
+    uses the two halves around Lightning's own step). Off by default: the clean reading masks only
+    the gradient (through the forward pass)."""
 
-    Entries whose random mask was 0 in the last forward keep their weight and optimiser
-    state (momentum) unchanged through ``optimizer.step``, i.e. ``W <- W - lr * Z * update``.
-    Off by default: the clean reading masks only the gradient (through the forward pass).
-    """
+    def __init__(self, net: Any, optimizer: torch.optim.Optimizer) -> None:
+        self.net, self.optimizer = net, optimizer
+        self._saved: tuple | None = None
 
-    def tensor_states(weight: torch.Tensor) -> list[torch.Tensor]:
-        state = optimizer.state.get(weight, {})
+    def _tensor_states(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        state = self.optimizer.state.get(weight, {})
         return [v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape]
 
     @torch.no_grad()
-    def wrapped(step: Callable[[], Any]) -> None:
-        mask = net.last_sampled_mask
+    def save(self) -> None:
+        """Record the entries dropped by the last forward's mask, their weights and optimiser state."""
+        mask = self.net.last_sampled_mask
         if mask is None:
-            step()
+            self._saved = None
             return
-        weights = net.weights()
-        frozen = [view == 0 for view in net.support.layer_views(mask)]
-        saved_weights = [w.detach().clone() for w in weights]
-        saved_states = [[v.clone() for v in tensor_states(w)] for w in weights]
-        step()
-        for weight, keep_old, old_weight, old_states in zip(weights, frozen, saved_weights, saved_states):
+        weights = self.net.weights()
+        frozen = [view == 0 for view in self.net.support.layer_views(mask)]
+        self._saved = (frozen, [w.detach().clone() for w in weights],
+                       [[v.clone() for v in self._tensor_states(w)] for w in weights])
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the recorded entries (optimiser state created by the step starts at 0 there)."""
+        if self._saved is None:
+            return
+        frozen, saved_weights, saved_states = self._saved
+        self._saved = None
+        for weight, keep_old, old_weight, old_states in zip(self.net.weights(), frozen, saved_weights, saved_states):
             weight.copy_(torch.where(keep_old, old_weight, weight))
-            states = tensor_states(weight)
-            for i, value in enumerate(states):
+            for i, value in enumerate(self._tensor_states(weight)):
                 value.copy_(torch.where(keep_old, old_states[i] if i < len(old_states) else torch.zeros_like(value), value))
+
+
+def mask_update_by_z(net: Any, optimizer: torch.optim.Optimizer) -> Callable[[Callable[[], Any]], None]:
+    """Step wrapper (``Trainer(step_wrapper=...)``) applying :class:`ZMaskedUpdate` around ``step``."""
+    update = ZMaskedUpdate(net, optimizer)
+
+    def wrapped(step: Callable[[], Any]) -> None:
+        update.save()
+        step()
+        update.restore()
 
     return wrapped

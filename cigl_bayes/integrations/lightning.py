@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("cigl_bayes.integrations.lightning needs Lightning: pip install 'cigl-bayes[lightning]'") from error
 
 from ..cigl.averaging import SnapshotAveraging
+from ..cigl.random_mask import ZMaskedUpdate
 from ..sparse import DropSchedule, SparseNet, TopologyUpdater
 from ..train.distributed import all_reduce_mean_
 
@@ -53,6 +54,9 @@ class SparseTrainingCallback(Callback):
         snapshots_per_epoch, sample_mask: as in :class:`~cigl_bayes.cigl.SnapshotAveraging`.
         bn_loader: batches for the (lazy, once) BN recalibration of the average; ``None``: the
             trainer's training dataloader.
+        mask_momentum: CigL's "mask momentum by Z" option (``RandomMaskConfig.mask_momentum``,
+            :class:`~cigl_bayes.cigl.ZMaskedUpdate`): entries the random mask dropped keep their
+            weight and momentum through the step. Needs a ``SparseNet`` with a random mask.
 
     After ``trainer.fit``, :meth:`averaged_model` is the averaged, BN-recalibrated plain module.
     Needs automatic optimisation with one optimiser and ``accumulate_grad_batches=1``.
@@ -74,6 +78,7 @@ class SparseTrainingCallback(Callback):
         snapshots_per_epoch: int = 1,
         sample_mask: bool = True,
         bn_loader: Iterable[Any] | None = None,
+        mask_momentum: bool = False,
     ) -> None:
         super().__init__()
         self.net_ref = net
@@ -87,7 +92,9 @@ class SparseTrainingCallback(Callback):
         self.snapshots_per_epoch = snapshots_per_epoch
         self.sample_mask = sample_mask
         self.bn_loader = bn_loader
+        self.mask_momentum = mask_momentum
         self.net: SparseNet | None = None
+        self.z_update: ZMaskedUpdate | None = None
         self.updater: TopologyUpdater | None = None
         self.averaging: SnapshotAveraging | None = None
         self._restored: dict[str, Any] | None = None
@@ -120,6 +127,10 @@ class SparseTrainingCallback(Callback):
         if not isinstance(total_steps, int) and not float(total_steps).is_integer():
             raise ValueError("the topology schedule needs a finite run: set max_epochs or max_steps of the Trainer")
         self.net = self.find_net(pl_module)
+        if self.mask_momentum and self.net.random_mask is None:
+            raise ValueError("mask_momentum=True masks the update by the random mask Z, but this SparseNet has none: "
+                             "SparseNet(model, density, random_mask=RandomMask(...)) or mask_momentum=False")
+        self.z_update = ZMaskedUpdate(self.net, trainer.optimizers[0]) if self.mask_momentum else None
         # a restored checkpoint's state, else (a second fit) the previous fit's: the step count goes on
         previous = self._restored.get("updater") if self._restored is not None else (
             self.updater.state_dict() if self.updater is not None else None)
@@ -154,12 +165,16 @@ class SparseTrainingCallback(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> None:
         """After backward: the topology update, if due; on update steps the step is skipped."""
         if self.updater is None or self.updater():
+            if self.z_update is not None:
+                self.z_update.save()
             return
         for group in optimizer.param_groups:
             for param in group["params"]:
                 param.grad = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.z_update is not None:  # after the optimiser step
+            self.z_update.restore()
         if self.averaging is not None:
             self.averaging.on_step_end(trainer.current_epoch, batch_idx)
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning")
 
-from cigl_bayes.cigl import RandomMask, SnapshotAveraging  # noqa: E402
+from cigl_bayes.cigl import RandomMask, SnapshotAveraging, mask_update_by_z  # noqa: E402
 from cigl_bayes.integrations import SparseTrainingCallback  # noqa: E402
 from cigl_bayes.sparse import DropSchedule, SparseNet, TopologyUpdater  # noqa: E402
 from cigl_bayes.train import Trainer  # noqa: E402
@@ -63,12 +63,13 @@ def _lightning_run(rule: str, random_mask: bool, loader: DataLoader, **kwargs):
     return net, callback
 
 
-def _library_run(rule: str, random_mask: bool, loader: DataLoader):
+def _library_run(rule: str, random_mask: bool, loader: DataLoader, mask_momentum: bool = False):
     net = _net(random_mask)
     opt = _sgd(net.parameters())
     updater = TopologyUpdater(net, opt, DropSchedule.for_run(EPOCHS * len(loader), UPDATE_EVERY), rule)
     averaging = SnapshotAveraging(net, AVERAGE_FROM, bn_loader=loader)
-    Trainer(net, opt, loader, EPOCHS, gate=updater, hooks=[averaging], progress=False).fit()
+    Trainer(net, opt, loader, EPOCHS, gate=updater, hooks=[averaging], progress=False,
+            step_wrapper=mask_update_by_z(net, opt) if mask_momentum else None).fit()
     return net, updater, averaging
 
 
@@ -98,6 +99,20 @@ def test_callback_matches_library_loop(rule: str, random_mask: bool) -> None:
     (acc, nll), (ref_acc, ref_nll) = _metrics(averaged, data), _metrics(ref_averaged, data)
     assert acc == ref_acc and abs(nll - ref_nll) <= 1e-6
     assert acc > 0.6  # it learned something (chance: 1/3)
+
+
+def test_mask_momentum_matches_library_loop_and_changes_training() -> None:
+    """mask_momentum=True gives the library loop's ``step_wrapper=mask_update_by_z`` result, which
+    differs from the clean default (dropped entries keep weight and momentum through the step)."""
+    loader = DataLoader(_data(), batch_size=BATCH, shuffle=False)
+    ref_net, _, _ = _library_run("rigl", True, loader, mask_momentum=True)
+    net, callback = _lightning_run("rigl", True, loader, mask_momentum=True)
+    clean, _ = _lightning_run("rigl", True, loader)
+    assert torch.equal(net.support.flat, ref_net.support.flat)
+    assert max((a - b).abs().max().item() for a, b in zip(net.parameters(), ref_net.parameters())) <= 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(net.parameters(), clean.parameters())) > 1e-3
+    with pytest.raises(ValueError, match="random mask"):
+        _lightning_run("rigl", False, loader, mask_momentum=True)
 
 
 def test_update_steps_skip_the_optimizer_step() -> None:
