@@ -453,6 +453,7 @@ def bench_ood(
 
 @app.command("dgp-compare")
 def dgp_compare(
+    ctx: typer.Context,
     dataset: str = typer.Option("all", "--dataset", help=f"comma-separated, of: {', '.join(COMPARE_DATASETS)} (or all)"),
     method: str = typer.Option("cigl", "--method", help=f"the network's method, of: {METHOD_LIST}"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds"),
@@ -467,10 +468,16 @@ def dgp_compare(
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/dgp-compare"), "--out", help="output folder"),
     progress: bool = ProgressOpt,
+    config_file: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetsOpt,
 ) -> None:
     """Train the sparse network and a GPyTorch deep GP on the same split of each dataset; print the
-    side-by-side test scores; write OUT/<dataset>/comparison.{json,png} and OUT/comparison.md."""
+    side-by-side test scores; write OUT/<dataset>/comparison.{json,png} and OUT/comparison.md.
+    --config / --set configure the network's run (every field but the dataset and seed, which are
+    --dataset and --seeds); the deep GP takes --dgp-epochs and --inducing."""
     import json
+
+    file, overrides = _layers(config_file, sets, axes={"data.dataset": "--dataset", "seed": "--seeds"})
 
     names = list(COMPARE_DATASETS) if dataset.strip() == "all" else _split(dataset, str, "--dataset")
     unknown = [n for n in names if n not in COMPARE_DATASETS]
@@ -483,8 +490,11 @@ def dgp_compare(
         _fail("dgp-compare takes a numeric --drop-rate (auto scores classifier pilot runs); e.g. --drop-rate 0.01")
     if mc_samples < 2:
         _fail(f"--mc-samples must be >= 2, got {mc_samples}")
-    configs = {n: _guarded(_config, method, n, 0, device, regression_ok=True, model=model, density=density, epochs=epochs,
-                           lr=lr, drop_rate=drop_rate) for n in names}
+    configs = {n: _guarded(_config, _given(ctx, "method", method), n, 0, _given(ctx, "device", device), regression_ok=True,
+                           file=file, sets=overrides, model=model, density=density, epochs=epochs, lr=lr,
+                           drop_rate=drop_rate) for n in names}
+    if any(c.random_mask.drop_rate == "auto" for c in configs.values()):  # via --config / --set
+        _fail("dgp-compare takes a numeric random_mask.drop_rate (auto scores classifier pilot runs); e.g. 0.01")
     from .dgp.compare import compare_with_dgp
     from .dgp.deep_gp import DGPConfig  # gpytorch
 
@@ -492,7 +502,7 @@ def dgp_compare(
     _guarded(check_writable_dir, out)
     tables = []
     for i, name in enumerate(names, 1):
-        console.print(f"[{i}/{len(names)}] {name}: {method} network and deep GP, seeds {seed_list}")
+        console.print(f"[{i}/{len(names)}] {name}: {configs[name].method} network and deep GP, seeds {seed_list}")
         comparison = _guarded(compare_with_dgp, name, seed_list, configs[name], dgp_config, mc_samples, progress=progress)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

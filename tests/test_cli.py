@@ -720,6 +720,30 @@ def test_compare_takes_config_and_set_but_keeps_its_grid(runner: CliRunner, tmp_
     assert all(c.optim.epochs == 1 and c.optim.lr == 0.04 for c in configs)
 
 
+def test_dgp_compare_takes_config_and_set_but_keeps_dataset_and_seeds(runner: CliRunner, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import cigl_bayes.dgp.compare
+
+    calls = []
+
+    def record(name, seeds, config, dgp_config, mc_samples, progress=True):
+        calls.append((name, seeds, config))
+        raise ValueError("recorded")  # stop after the configs were built (exit 2, nothing written)
+
+    monkeypatch.setattr(cigl_bayes.dgp.compare, "compare_with_dgp", record)
+    file = _write(tmp_path / "net.yaml", "method: rigl\nsparsity: {density: 0.3}\noptim: {epochs: 1, lr: 0.2}\n")
+    result = _invoke(runner, "dgp-compare", "--dataset", "wine", "--seeds", "3", "--config", file, "--lr", "0.05",
+                     "--set", "random_mask.drop_rate=0.02", "--no-progress", "--out", tmp_path / "d")
+    assert result.exit_code == 2 and "recorded" in result.stderr, result.output
+    ((name, seeds, config),) = calls
+    assert (name, seeds, config.method, config.sparsity.density) == ("wine", [3], "rigl", 0.3)
+    assert (config.optim.epochs, config.optim.lr, config.random_mask.drop_rate) == (1, 0.05, 0.02)
+    for args, expected in ((["--set", "seed=1"], "--seeds instead"), (["--set", "data.dataset=iris"], "--dataset instead"),
+                           (["--set", "random_mask.drop_rate=auto"], "numeric random_mask.drop_rate")):
+        result = _invoke(runner, "dgp-compare", "--dataset", "wine", *args, "--no-progress", "--out", tmp_path / "d")
+        assert result.exit_code == 2 and expected in result.stderr, result.output
+
+
 def test_help_lists_the_config_fields_and_the_precedence(runner: CliRunner) -> None:
     from cigl_bayes.config_io import field_names
 
