@@ -210,7 +210,9 @@ class FloorStep:
       materialised for the conv / linear kernels; kept alive until the step ends, as in a real step);
     * one pass ``grad * E`` over their gradients (``M`` and ``Z`` must reach the gradient before the
       optimiser reads it);
-    * with ``draw``: the Bernoulli draw over the active entries (``nnz`` uniforms from its own generator).
+    * with ``draw``: the Bernoulli draw over the active entries as ours makes it (``nnz`` uniforms from
+      its own generator; drawing only the dropped positions by geometric skips takes fewer uniforms
+      but changes the random stream, and was not faster inside the step).
 
     It trains nothing meaningful (``E`` is the constant support, the forward uses the dense weights);
     it only prices the unavoidable memory work of masking on this machine, for this model."""
