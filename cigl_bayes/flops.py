@@ -96,6 +96,22 @@ def _macs_by_weight(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[
     return dict(net.named_parameters()), macs
 
 
+def _weight_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], list[int], int]:
+    """(the model's maskable weight names, their dense MACs per example in that order, the dense MACs
+    of the Linear / Conv layers left unmasked), from one hooked forward; refuses maskable weights that
+    no Linear / Conv module computes."""
+    params, macs = _macs_by_weight(model, input_shape)
+    names = _masked_names(model)
+    uncounted = [name for name in names if id(params[name]) not in macs]
+    if uncounted:
+        raise ValueError(
+            f"FLOPs are counted for Linear / Conv layers called as modules; {uncounted[:3]} (e.g. attention "
+            "projections, HF Conv1D) are not, so this model's FLOPs fractions cannot be given"
+        )
+    masked = {id(params[name]) for name in names}
+    return names, [macs[id(params[name])] for name in names], sum(c for k, c in macs.items() if k not in masked)
+
+
 def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
     """Dense MACs per example of each maskable weight, in the model's weight order (a ``SparseNet``'s
     ``weight_names``, i.e. its support order, else ``maskable_weight_names``).
@@ -105,23 +121,14 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> list[int]:
     module's train/eval flags are restored. Linear / Conv layers left unmasked are in
     ``unmasked_macs``.
     """
-    params, macs = _macs_by_weight(model, input_shape)
-    names = _masked_names(model)
-    uncounted = [name for name in names if id(params[name]) not in macs]
-    if uncounted:
-        raise ValueError(
-            f"FLOPs are counted for Linear / Conv layers called as modules; {uncounted[:3]} (e.g. attention "
-            "projections, HF Conv1D) are not, so this model's FLOPs fractions cannot be given"
-        )
-    return [macs[id(params[name])] for name in names]
+    return _weight_macs(model, input_shape)[1]
 
 
 def unmasked_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Dense MACs per example of the Linear / Conv layers whose weight is not masked (e.g. left out
-    by a ``SparseNet``'s ``exclude``): they run dense in every forward, sparse training or not."""
-    params, macs = _macs_by_weight(model, input_shape)
-    masked = {id(params[name]) for name in _masked_names(model)}
-    return sum(count for key, count in macs.items() if key not in masked)
+    by a ``SparseNet``'s ``exclude``): they run dense in every forward, sparse training or not.
+    Refuses the same models as ``layer_macs``."""
+    return _weight_macs(model, input_shape)[2]
 
 
 def forward_flops(macs: Sequence[int], densities: Sequence[float] | None = None) -> float:
@@ -162,9 +169,8 @@ def run_flops(parts: Any, networks: Sequence[nn.Module], input_shape: Sequence[i
     ``parts`` is ``methods.Assembled`` after training; ``networks`` the final predictive's
     networks (``Predictive.networks()``).
     """
-    macs = layer_macs(parts.model, input_shape)
-    dense_rest = 2.0 * unmasked_macs(parts.model, input_shape)  # unmasked conv / linear layers: dense always
-    names = _masked_names(parts.model)
+    names, macs, rest = _weight_macs(parts.model, input_shape)
+    dense_rest = 2.0 * rest  # unmasked conv / linear layers: dense always
     f_dense = forward_flops(macs) + dense_rest
     f_infer = sum(forward_flops(macs, _nonzero_densities(n, names)) + dense_rest for n in networks)
     record: dict[str, Any] = {"inference_fraction": f_infer / f_dense, "dense_inference_flops": f_dense,
