@@ -486,15 +486,14 @@ def dgp_compare(
     seed_list = _split(seeds, int, "--seeds")
     if not seed_list:
         _fail("--seeds needs at least one value")
-    if drop_rate == "auto":
-        _fail("dgp-compare takes a numeric --drop-rate (auto scores classifier pilot runs); e.g. --drop-rate 0.01")
     if mc_samples < 2:
         _fail(f"--mc-samples must be >= 2, got {mc_samples}")
     configs = {n: _guarded(_config, _given(ctx, "method", method), n, 0, _given(ctx, "device", device), regression_ok=True,
                            file=file, sets=overrides, model=model, density=density, epochs=epochs, lr=lr,
                            drop_rate=drop_rate) for n in names}
-    if any(c.random_mask.drop_rate == "auto" for c in configs.values()):  # via --config / --set
-        _fail("dgp-compare takes a numeric random_mask.drop_rate (auto scores classifier pilot runs); e.g. 0.01")
+    if any(c.random_mask.drop_rate == "auto" for c in configs.values()):  # --drop-rate, --config or --set
+        _fail("dgp-compare takes a numeric --drop-rate (random_mask.drop_rate; auto scores classifier pilot runs); "
+              "e.g. --drop-rate 0.01")
     from .dgp.compare import compare_with_dgp
     from .dgp.deep_gp import DGPConfig  # gpytorch
 

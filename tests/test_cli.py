@@ -739,7 +739,7 @@ def test_dgp_compare_takes_config_and_set_but_keeps_dataset_and_seeds(runner: Cl
     assert (name, seeds, config.method, config.sparsity.density) == ("wine", [3], "rigl", 0.3)
     assert (config.optim.epochs, config.optim.lr, config.random_mask.drop_rate) == (1, 0.05, 0.02)
     for args, expected in ((["--set", "seed=1"], "--seeds instead"), (["--set", "data.dataset=iris"], "--dataset instead"),
-                           (["--set", "random_mask.drop_rate=auto"], "numeric random_mask.drop_rate")):
+                           (["--set", "random_mask.drop_rate=auto"], "takes a numeric --drop-rate")):
         result = _invoke(runner, "dgp-compare", "--dataset", "wine", *args, "--no-progress", "--out", tmp_path / "d")
         assert result.exit_code == 2 and expected in result.stderr, result.output
 
